@@ -1,0 +1,55 @@
+"""Camera calibration factors (cps/MBq) for quantitative SPECT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from theralake.ingest.errors import IngestError
+from theralake.ingest.radiopharm import canonical_nuclide
+
+
+@dataclass
+class CalibrationTable:
+    """Sensitivity per camera and nuclide; ``default_cps_per_mbq`` applies to every camera."""
+
+    rows: dict[tuple[str, str | None], float] = field(default_factory=dict)
+    default_cps_per_mbq: float | None = None
+
+    @classmethod
+    def from_csv(cls, path: Path, default: float | None = None) -> CalibrationTable:
+        """Columns ``camera, cps_per_mbq`` and optionally ``nuclide``."""
+        try:
+            df = pd.read_csv(path)
+        except Exception as exc:  # noqa: BLE001
+            raise IngestError(path, f"unreadable calibration table ({exc})") from exc
+        missing = {"camera", "cps_per_mbq"} - set(df.columns)
+        if missing:
+            raise IngestError(path, f"calibration table lacks columns {sorted(missing)}")
+        table = cls(default_cps_per_mbq=default)
+        for i, row in df.iterrows():
+            try:
+                value = float(row["cps_per_mbq"])
+                nuclide = canonical_nuclide(row["nuclide"]) if "nuclide" in df.columns and \
+                    pd.notna(row["nuclide"]) else None
+            except ValueError as exc:
+                raise IngestError(path, f"row {i + 2}: {exc}") from exc
+            if not value > 0:
+                raise IngestError(path, f"row {i + 2}: cps_per_mbq must be positive")
+            table.rows[(str(row["camera"]).strip(), nuclide)] = value
+        return table
+
+    def merge(self, other: CalibrationTable) -> None:
+        self.rows.update(other.rows)
+        self.default_cps_per_mbq = self.default_cps_per_mbq or other.default_cps_per_mbq
+
+    def lookup(self, camera_ids: list[str], nuclide: str | None) -> float | None:
+        if self.default_cps_per_mbq:
+            return self.default_cps_per_mbq
+        for cam in camera_ids:
+            for key in ((cam.strip(), nuclide), (cam.strip(), None)):
+                if key in self.rows:
+                    return self.rows[key]
+        return None

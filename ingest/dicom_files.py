@@ -1,0 +1,154 @@
+"""Finding DICOM files, reading their headers and grouping them into series."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from theralake.ingest.errors import IngestError
+
+log = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
+
+
+@dataclass
+class Series:
+    """The files of one DICOM series (one SeriesInstanceUID)."""
+
+    uid: str
+    modality: str
+    headers: list[tuple[Path, Dataset]] = field(default_factory=list)
+
+    @property
+    def first(self) -> Dataset:
+        return self.headers[0][1]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p, _ in self.headers]
+
+    @property
+    def label(self) -> str:
+        """How errors name the series: its folder, or its single file."""
+        if len(self.headers) == 1:
+            return str(self.headers[0][0])
+        parents = {p.parent for p in self.paths}
+        where = parents.pop() if len(parents) == 1 else self.paths[0]
+        return f"{where} ({self.modality} series, {len(self.headers)} files)"
+
+
+def read_header(path: Path) -> Dataset | None:
+    """The header of a DICOM file, None for a file that is clearly not DICOM.
+
+    Raises:
+        IngestError: a file that claims to be DICOM (suffix or preamble) but is unreadable.
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        pass  # no preamble: try to read it as a bare data set below
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on damaged files
+        raise IngestError(path, f"damaged or truncated DICOM file ({exc})") from exc
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if "SOPClassUID" in ds or "Modality" in ds:
+            return ds
+    except Exception as exc:  # noqa: BLE001
+        if path.suffix.lower() in {".dcm", ".dicom"}:
+            raise IngestError(path, f"damaged or truncated DICOM file ({exc})") from exc
+        return None
+    if path.suffix.lower() in {".dcm", ".dicom"}:
+        raise IngestError(path, "not a DICOM file (no DICOM header found)")
+    return None
+
+
+def read_full(path: Path) -> Dataset:
+    """The whole data set, pixels included."""
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        _ = ds.PixelData if "PixelData" in ds else None
+        return ds
+    except Exception as exc:  # noqa: BLE001
+        raise IngestError(path, f"damaged or truncated DICOM file ({exc})") from exc
+
+
+def group_series(headers: list[tuple[Path, Dataset]]) -> list[Series]:
+    """Group headers by SeriesInstanceUID (files without one are their own series)."""
+    groups: dict[str, Series] = {}
+    for path, ds in headers:
+        uid = str(ds.get("SeriesInstanceUID") or f"nouid:{path}")
+        modality = str(ds.get("Modality") or "").upper()
+        series = groups.setdefault(uid, Series(uid, modality))
+        series.headers.append((path, ds))
+    return list(groups.values())
+
+
+def parse_datetime(date: str | None, time: str | None) -> datetime | None:
+    """A DICOM DA + TM pair to a naive datetime (None when absent)."""
+    if not date:
+        return None
+    text = str(date).strip() + (str(time).strip() if time else "")
+    return parse_dt(text)
+
+
+def parse_dt(text: str | None) -> datetime | None:
+    """A DICOM DT value (YYYYMMDDHHMMSS.FFFFFF, offsets ignored) to a naive datetime."""
+    if not text:
+        return None
+    text = str(text).strip().split("+")[0].split("-")[0]
+    main, _, frac = text.partition(".")
+    fmt = "%Y%m%d%H%M%S"[: {8: 6, 10: 8, 12: 10, 14: 12}.get(len(main), 0)]
+    if not fmt:
+        raise ValueError(f"unreadable DICOM date/time {text!r}")
+    value = datetime.strptime(main, fmt)
+    if frac:
+        value = value.replace(microsecond=int((frac + "000000")[:6]))
+    return value
+
+
+def acquisition_datetime(ds: Dataset) -> datetime | None:
+    """When an image was acquired: AcquisitionDateTime, Acquisition, Series, Content."""
+    if ds.get("AcquisitionDateTime"):
+        return parse_dt(ds.AcquisitionDateTime)
+    for d, t in (("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"),
+                 ("ContentDate", "ContentTime"), ("StudyDate", "StudyTime")):
+        if ds.get(d):
+            return parse_datetime(ds.get(d), ds.get(t))
+    return None
+
+
+def series_datetime(ds: Dataset) -> datetime | None:
+    if ds.get("SeriesDate"):
+        return parse_datetime(ds.SeriesDate, ds.get("SeriesTime"))
+    return acquisition_datetime(ds)
+
+
+def scan(root: Path) -> tuple[list[tuple[Path, Dataset]], list[IngestError], list[Path]]:
+    """Recursively find DICOM files; returns (headers, errors, other files)."""
+    headers: list[tuple[Path, Dataset]] = []
+    errors: list[IngestError] = []
+    others: list[Path] = []
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for path in files:
+        name = path.name.lower()
+        if name.endswith((".nii", ".nii.gz", ".json", ".csv", ".yaml", ".yml")):
+            others.append(path)
+            continue
+        if path.suffix.lower() not in DICOM_SUFFIXES and not path.suffix.lower()[1:].isdigit():
+            continue
+        try:
+            ds = read_header(path)
+        except IngestError as exc:
+            errors.append(exc)
+            continue
+        if ds is not None:
+            headers.append((path, ds))
+    return headers, errors, others

@@ -1,0 +1,66 @@
+"""Lake rows for ingested objects (pseudonymised; ids are content hashes)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from theralake.ingest.dicom_images import PendingImage
+from theralake.ingest.pseudonym import Pseudonymizer
+from theralake.ingest.radiopharm import Administration
+from theralake.ingest.timeline import PatientTimeline
+from theralake.lake import Volume, stable_hash
+
+
+def image_row(im: PendingImage, timeline: PatientTimeline | None, pseudo: Pseudonymizer) -> dict:
+    pid = pseudo.patient_id(im.raw_patient_id)
+    cycle = time_h = acquisition_h = None
+    nuclide = im.nuclide
+    if timeline is not None and im.acquired is not None:
+        cycle, time_h, admin = timeline.place(im.acquired, im.nuclide)
+        acquisition_h = round(timeline.hours(im.acquired), 6)
+        time_h = None if time_h is None else round(time_h, 6)
+    series_key = pseudo.uid(im.series_uid)
+    frame_key = pseudo.uid(im.frame_of_reference_uid)
+    row = {
+        "patient_id": pid, "modality": im.modality, "kind": im.kind, "units": im.units,
+        "cycle": cycle, "time_h": time_h, "acquisition_h": acquisition_h, "nuclide": nuclide,
+        "suvbw_per_bqml": im.suvbw_per_bqml,
+        "calibration_cps_per_mbq": im.calibration_cps_per_mbq,
+        "acquisition_duration_s": im.acquisition_duration_s, "series_key": series_key,
+        "frame_of_reference_key": frame_key, "description": im.description,
+        **im.volume.geometry_columns(),
+    }
+    row["id"] = im.volume.content_hash(pid, im.modality, im.units, series_key, cycle, time_h,
+                                       im.suvbw_per_bqml)
+    return row
+
+
+def voi_row(raw_patient_id: str, voi: str, source_name: str, mask: np.ndarray, grid: Volume,
+            source: str, pseudo: Pseudonymizer, reference: dict | None,
+            frame_of_reference_uid: str | None) -> dict:
+    pid = pseudo.patient_id(raw_patient_id)
+    vol = grid.like(mask.astype(np.uint8))
+    ref_id = reference["id"] if reference else None
+    row = {
+        "patient_id": pid, "voi": voi, "image_id": ref_id,
+        "cycle": reference.get("cycle") if reference else None,
+        "time_h": reference.get("time_h") if reference else None,
+        "source": source, "source_name": source_name,
+        "voxel_count": int(mask.sum()), "volume_ml": float(mask.sum()) * grid.voxel_volume_ml,
+        "frame_of_reference_key": pseudo.uid(frame_of_reference_uid),
+        **vol.geometry_columns(),
+    }
+    row["id"] = vol.content_hash(pid, voi, ref_id, source)
+    return row
+
+
+def administration_row(a: Administration, timeline: PatientTimeline,
+                       pseudo: Pseudonymizer) -> dict:
+    pid = pseudo.patient_id(a.raw_patient_id)
+    hours = round(timeline.hours(a.time), 6)
+    row = {"patient_id": pid, "cycle": a.cycle, "purpose": a.purpose, "nuclide": a.nuclide,
+           "pharmaceutical": a.pharmaceutical, "activity_mbq": a.activity_mbq,
+           "administration_h": hours, "source": a.source}
+    row["id"] = stable_hash("administration", pid, a.nuclide, round(hours, 2), a.cycle,
+                            a.activity_mbq)
+    return row

@@ -1,0 +1,192 @@
+"""Typed Arrow schemas of the lake's core tables (their names and columns are a public interface)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+_f64 = pa.float64()
+_str = pa.string()
+_i64 = pa.int64()
+
+#: Columns every voxel-array row carries (images, VOI masks, dose maps): geometry and voxels.
+VOXEL_COLUMNS: list[pa.Field] = [
+    pa.field("shape", pa.list_(pa.int32()), nullable=False),  # (x, y, z) voxel counts
+    pa.field("spacing_mm", pa.list_(_f64), nullable=False),  # (x, y, z)
+    pa.field("origin_mm", pa.list_(_f64), nullable=False),  # world position of voxel (0,0,0)
+    pa.field("direction", pa.list_(_f64), nullable=False),  # 3x3 row-major, columns = axes
+    pa.field("dtype", _str, nullable=False),
+    pa.field("compression", _str, nullable=False),
+    pa.field("voxels", pa.large_binary(), nullable=False),  # compressed C-order (z, y, x) array
+]
+
+#: Lineage columns on every derived row.
+LINEAGE_COLUMNS: list[pa.Field] = [
+    pa.field("input_ids", pa.list_(_str)),
+    pa.field("params_hash", _str),
+    pa.field("theralake_version", _str),
+    pa.field("created_utc", pa.timestamp("us", tz="UTC")),
+]
+
+
+def _schema(*fields: pa.Field | list[pa.Field]) -> pa.Schema:
+    flat: list[pa.Field] = []
+    for f in fields:
+        flat.extend(f if isinstance(f, list) else [f])
+    return pa.schema(flat)
+
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "patients": _schema(
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("id", _str, nullable=False),
+        pa.field("sex", _str),
+        pa.field("age_y", _f64),
+        pa.field("weight_kg", _f64),
+        pa.field("height_m", _f64),
+        # first administration time moved by a secret keyed per-patient shift (not a real date)
+        pa.field("reference_time_shifted", pa.timestamp("s")),
+        LINEAGE_COLUMNS,
+    ),
+    "administrations": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64, nullable=False),
+        pa.field("purpose", _str, nullable=False),  # therapy | diagnostic
+        pa.field("nuclide", _str, nullable=False),
+        pa.field("pharmaceutical", _str),
+        pa.field("activity_mbq", _f64),
+        pa.field("administration_h", _f64, nullable=False),  # hours after the first administration
+        pa.field("source", _str),
+        LINEAGE_COLUMNS,
+    ),
+    "images": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("modality", _str, nullable=False),  # CT, PT, NM, RTDOSE, ...
+        pa.field("kind", _str, nullable=False),  # ct, pet, spect, dose
+        pa.field("units", _str, nullable=False),  # HU, BQML, GY, ...
+        pa.field("cycle", _i64),
+        pa.field("time_h", _f64),  # hours after the administration of its cycle
+        pa.field("acquisition_h", _f64),  # hours after the patient's first administration
+        pa.field("nuclide", _str),
+        pa.field("suvbw_per_bqml", _f64),  # SUVbw = voxel [Bq/mL] x this
+        pa.field("calibration_cps_per_mbq", _f64),
+        pa.field("acquisition_duration_s", _f64),
+        pa.field("series_key", _str),  # keyed hash of SeriesInstanceUID
+        pa.field("frame_of_reference_key", _str),  # keyed hash of FrameOfReferenceUID
+        pa.field("description", _str),
+        VOXEL_COLUMNS,
+        LINEAGE_COLUMNS,
+    ),
+    "vois": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("voi", _str, nullable=False),
+        pa.field("image_id", _str),  # the image whose grid the mask lies on (None if absent)
+        pa.field("cycle", _i64),
+        pa.field("time_h", _f64),
+        pa.field("source", _str, nullable=False),  # rtstruct, seg, nifti, threshold, ai, ...
+        pa.field("source_name", _str),  # the name in the source before mapping
+        pa.field("volume_ml", _f64),
+        pa.field("voxel_count", _i64),
+        pa.field("frame_of_reference_key", _str),
+        VOXEL_COLUMNS,
+        LINEAGE_COLUMNS,
+    ),
+    "tacs": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64, nullable=False),
+        pa.field("voi", _str, nullable=False),
+        pa.field("time_h", _f64, nullable=False),
+        pa.field("activity_mbq", _f64, nullable=False),
+        pa.field("activity_sigma_mbq", _f64),
+        pa.field("image_id", _str),
+        LINEAGE_COLUMNS,
+    ),
+    "organ_dosimetry": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64, nullable=False),
+        pa.field("voi", _str, nullable=False),
+        pa.field("method", _str, nullable=False),
+        pa.field("mass_g", _f64),
+        pa.field("tia_mbq_h", _f64),
+        pa.field("tia_sigma_mbq_h", _f64),
+        pa.field("absorbed_dose_gy", _f64),
+        pa.field("max_dose_gy", _f64),
+        pa.field("dose_per_activity_gy_per_gbq", _f64),
+        pa.field("bed_gy", _f64),
+        pa.field("eqd2_gy", _f64),
+        pa.field("fit_model", _str),
+        pa.field("fit_parameters", _str),  # JSON
+        LINEAGE_COLUMNS,
+    ),
+    "dose_maps": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64, nullable=False),
+        pa.field("quantity", _str, nullable=False),  # tia, dose, bed
+        pa.field("method", _str, nullable=False),
+        pa.field("units", _str, nullable=False),
+        pa.field("frame_of_reference_key", _str),
+        VOXEL_COLUMNS,
+        LINEAGE_COLUMNS,
+    ),
+    "features": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64),
+        pa.field("voi", _str, nullable=False),
+        pa.field("image_kind", _str, nullable=False),
+        pa.field("feature_class", _str, nullable=False),
+        pa.field("feature", _str, nullable=False),
+        pa.field("value", _f64),
+        pa.field("engine", _str),
+        pa.field("settings_hash", _str),
+        LINEAGE_COLUMNS,
+    ),
+    "clinical": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("variable", _str, nullable=False),
+        pa.field("value_num", _f64),
+        pa.field("value_text", _str),
+        LINEAGE_COLUMNS,
+    ),
+    "outcomes": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("endpoint", _str, nullable=False),
+        pa.field("event", pa.bool_()),
+        pa.field("time_d", _f64),  # days after the first administration
+        pa.field("value", _f64),  # binary or graded endpoints
+        LINEAGE_COLUMNS,
+    ),
+    "predictions": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64),
+        pa.field("task", _str, nullable=False),
+        pa.field("target", _str),
+        pa.field("value", _f64),
+        pa.field("lower", _f64),
+        pa.field("upper", _f64),
+        pa.field("model_uri", _str),
+        LINEAGE_COLUMNS,
+    ),
+    "recommendations": _schema(
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64, nullable=False),
+        pa.field("activity_mbq", _f64),
+        pa.field("limiting_organ", _str),
+        pa.field("explanation", _str),
+        pa.field("details", _str),  # JSON
+        LINEAGE_COLUMNS,
+    ),
+}
+
+CORE_TABLES: tuple[str, ...] = tuple(SCHEMAS)

@@ -1,0 +1,251 @@
+"""The lake: a folder of Parquet tables with atomic, idempotent appends and a DuckDB catalog."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from theralake import __version__
+from theralake.lake.schemas import SCHEMA_VERSION, SCHEMAS
+from theralake.lake.volume import Volume
+
+log = logging.getLogger(__name__)
+
+META_FILE = "theralake.json"
+SCHEMA_PART = "part-00000000-schema.parquet"
+
+
+class LakeError(RuntimeError):
+    """A lake that cannot be opened or written as asked."""
+
+
+def default_lake_path() -> Path:
+    return Path(os.environ.get("THERALAKE_LAKE", "lake"))
+
+
+def stable_hash(*parts: object) -> str:
+    """SHA-256 hex digest of the repr of the parts (content-hash ids)."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+class Lake:
+    """A theralake lake folder: ``tables/<table>/part-*.parquet`` plus ``catalog.duckdb``.
+
+    Args:
+        path: the lake folder; created (with the current schema version) if missing.
+        create: create the folder when it does not exist.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True):
+        self.path = Path(path) if path is not None else default_lake_path()
+        self.path = self.path.resolve()
+        meta = self.path / META_FILE
+        if meta.exists():
+            self._check_meta(meta)
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise LakeError(f"{self.path} exists, is not empty and is not a theralake lake "
+                            f"(no {META_FILE})")
+        elif not create:
+            raise LakeError(f"no lake at {self.path}")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            _atomic_write_bytes(meta, json.dumps(
+                {"schema_version": SCHEMA_VERSION, "theralake_version": __version__,
+                 "created_utc": datetime.now(UTC).isoformat()}, indent=2).encode())
+            log.info("created lake at %s", self.path)
+        self._prepare_tables()
+        self._clean_temporaries()
+        self.refresh_catalog()
+
+    # -- opening -------------------------------------------------------------------------
+    def _check_meta(self, meta: Path) -> None:
+        try:
+            version = json.loads(meta.read_text())["schema_version"]
+        except (ValueError, KeyError) as exc:
+            raise LakeError(f"{meta}: unreadable lake metadata ({exc})") from exc
+        if version != SCHEMA_VERSION:
+            raise LakeError(
+                f"{self.path}: lake schema version {version}, this theralake "
+                f"({__version__}) reads version {SCHEMA_VERSION}; migrate or use a matching "
+                "theralake")
+
+    def _prepare_tables(self) -> None:
+        for name, schema in SCHEMAS.items():
+            folder = self.table_dir(name)
+            if not (folder / SCHEMA_PART).exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                _atomic_write_table(schema.empty_table(), folder / SCHEMA_PART)
+
+    def _clean_temporaries(self) -> None:
+        """Remove temporary files left by a writer that was killed (never visible)."""
+        with self._write_lock():
+            for tmp in (self.path / "tables").glob("*/.tmp-*"):
+                tmp.unlink(missing_ok=True)
+
+    def table_dir(self, table: str) -> Path:
+        if table not in SCHEMAS:
+            raise LakeError(f"unknown table {table!r}; tables are {', '.join(SCHEMAS)}")
+        return self.path / "tables" / table
+
+    # -- catalog -------------------------------------------------------------------------
+    def _view_sql(self) -> list[str]:
+        out = []
+        for name in SCHEMAS:
+            pattern = (self.table_dir(name) / "part-*.parquet").as_posix().replace("'", "''")
+            out.append(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM "
+                       f"read_parquet('{pattern}', union_by_name = true)")
+        return out
+
+    def refresh_catalog(self) -> None:
+        """(Re)write ``catalog.duckdb``'s views; other tools can open it directly."""
+        catalog = self.path / "catalog.duckdb"
+        with self._write_lock():
+            try:
+                con = duckdb.connect(str(catalog))
+            except duckdb.Error as exc:  # held by another process: it has the same views
+                log.debug("catalog busy (%s); not refreshed", exc)
+                return
+            try:
+                for stmt in self._view_sql():
+                    con.execute(stmt)
+            finally:
+                con.close()
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with a view per table (safe beside other processes)."""
+        con = duckdb.connect()
+        for stmt in self._view_sql():
+            con.execute(stmt)
+        return con
+
+    def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
+        con = self.connect()
+        try:
+            return con.execute(query, params or []).df()
+        finally:
+            con.close()
+
+    def read(self, table: str, where: str | None = None, params: list | None = None,
+             columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """Rows of a table as a DataFrame (optionally filtered with a SQL WHERE clause)."""
+        self.table_dir(table)
+        cols = ", ".join(columns) if columns else "*"
+        query = f"SELECT {cols} FROM {table}" + (f" WHERE {where}" if where else "")
+        return self.sql(query, params)
+
+    def ids(self, table: str) -> set[str]:
+        files = self._parts(table)
+        if not files:
+            return set()
+        ids = pq.ParquetDataset(files).read(columns=["id"]).column("id").to_pylist()
+        return set(ids)
+
+    def _parts(self, table: str) -> list[str]:
+        return sorted(str(p) for p in self.table_dir(table).glob("part-*.parquet"))
+
+    # -- writing -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        with open(self.path / ".write.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def append(self, table: str, rows: Iterable[Mapping] | pd.DataFrame,
+               input_ids: Iterable[str] | None = None, params_hash: str | None = None) -> int:
+        """Append rows atomically; rows whose ``id`` is already in the table are skipped.
+
+        Lineage columns missing from a row are filled (``input_ids`` and ``params_hash``
+        from the arguments, the package version and the time). Returns the rows added.
+        """
+        schema = SCHEMAS[table] if table in SCHEMAS else self.table_dir(table)
+        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+        if not records:
+            return 0
+        now = datetime.now(UTC)
+        for rec in records:
+            if not rec.get("id"):
+                raise LakeError(f"{table}: every row needs a content-hash 'id'")
+            rec.setdefault("input_ids", list(input_ids or []))
+            rec.setdefault("params_hash", params_hash)
+            rec.setdefault("theralake_version", __version__)
+            rec.setdefault("created_utc", now)
+        unknown = set().union(*(r.keys() for r in records)) - set(schema.names)
+        if unknown:
+            raise LakeError(f"{table}: unknown columns {sorted(unknown)}")
+        with self._write_lock():
+            present = self.ids(table)
+            fresh: dict[str, Mapping] = {}
+            for rec in records:
+                if rec["id"] not in present:
+                    fresh.setdefault(rec["id"], rec)
+            if not fresh:
+                return 0
+            try:
+                data = pa.Table.from_pylist(list(fresh.values()), schema=schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise LakeError(f"{table}: rows do not fit the schema ({exc})") from exc
+            name = "part-" + stable_hash(sorted(fresh))[:24] + ".parquet"
+            _atomic_write_table(data, self.table_dir(table) / name)
+        log.debug("%s: %d rows appended", table, len(fresh))
+        return len(fresh)
+
+    # -- images --------------------------------------------------------------------------
+    def volume(self, table: str, row_id: str) -> Volume:
+        """The voxel volume of a row of ``images``, ``vois`` or ``dose_maps``."""
+        df = self.read(table, "id = ?", [row_id])
+        if df.empty:
+            raise LakeError(f"no row with id {row_id!r} in {table}")
+        return Volume.from_row(df.iloc[0].to_dict())
+
+    def export_nifti(self, row_id: str, out: str | os.PathLike[str],
+                     table: str = "images") -> Path:
+        """Write a voxel row as NIfTI (world geometry kept, LPS -> RAS as NIfTI expects)."""
+        import SimpleITK as sitk
+
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(self.volume(table, row_id).to_sitk(), str(out), useCompression=True)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        con = self.connect()
+        try:
+            return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in SCHEMAS}
+        finally:
+            con.close()
+
+
+def _atomic_write_table(table: pa.Table, dest: Path) -> None:
+    tmp = dest.parent / f".tmp-{uuid.uuid4().hex}.parquet"
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_bytes(dest: Path, data: bytes) -> None:
+    tmp = dest.parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,131 @@
+"""In-memory voxel volumes and their lossless encoding into lake rows."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+COMPRESSION = "zstd"
+
+
+@dataclass
+class Volume:
+    """A 3D voxel array with its world geometry (SimpleITK conventions).
+
+    ``array`` is indexed (z, y, x); ``spacing_mm``, ``origin_mm`` are (x, y, z) and
+    ``direction`` is the 3x3 matrix whose columns are the x, y, z axes in patient (LPS)
+    coordinates.
+    """
+
+    array: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ValueError(f"a volume needs a 3D array, got shape {self.array.shape}")
+        self.spacing_mm = tuple(float(s) for s in self.spacing_mm)  # type: ignore[assignment]
+        self.origin_mm = tuple(float(o) for o in self.origin_mm)  # type: ignore[assignment]
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        if min(self.spacing_mm) <= 0:
+            raise ValueError(f"voxel spacing must be positive, got {self.spacing_mm}")
+
+    @property
+    def shape_xyz(self) -> tuple[int, int, int]:
+        z, y, x = self.array.shape
+        return (x, y, z)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing_mm)) / 1000.0
+
+    def index_to_world(self, ijk: np.ndarray) -> np.ndarray:
+        """Continuous (x, y, z) voxel indices, shape (..., 3), to world mm."""
+        scaled = np.asarray(ijk, dtype=float) * np.asarray(self.spacing_mm)
+        return scaled @ self.direction.T + np.asarray(self.origin_mm)
+
+    def world_to_index(self, xyz: np.ndarray) -> np.ndarray:
+        """World mm, shape (..., 3), to continuous (x, y, z) voxel indices."""
+        rel = np.asarray(xyz, dtype=float) - np.asarray(self.origin_mm)
+        return (rel @ np.linalg.inv(self.direction).T) / np.asarray(self.spacing_mm)
+
+    def same_grid(self, other: Volume, tol_mm: float = 1e-3) -> bool:
+        return (
+            self.array.shape == other.array.shape
+            and np.allclose(self.spacing_mm, other.spacing_mm, atol=tol_mm)
+            and np.allclose(self.origin_mm, other.origin_mm, atol=tol_mm)
+            and np.allclose(self.direction, other.direction, atol=1e-6)
+        )
+
+    def like(self, array: np.ndarray) -> Volume:
+        """A volume on the same grid holding another array."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} differs from grid {self.array.shape}")
+        return Volume(array, self.spacing_mm, self.origin_mm, self.direction.copy())
+
+    def to_sitk(self):  # noqa: ANN201 - SimpleITK image
+        import SimpleITK as sitk
+
+        img = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
+        img.SetSpacing(self.spacing_mm)
+        img.SetOrigin(self.origin_mm)
+        img.SetDirection(tuple(self.direction.ravel()))
+        return img
+
+    @classmethod
+    def from_sitk(cls, img) -> Volume:  # noqa: ANN001
+        import SimpleITK as sitk
+
+        return cls(
+            sitk.GetArrayFromImage(img),
+            img.GetSpacing(),
+            img.GetOrigin(),
+            np.array(img.GetDirection()).reshape(3, 3),
+        )
+
+    # -- lake encoding -----------------------------------------------------------------
+    def geometry_columns(self) -> dict:
+        """Lake columns holding the geometry and the compressed voxels."""
+        arr = np.ascontiguousarray(self.array)
+        return {
+            "shape": list(self.shape_xyz),
+            "spacing_mm": list(self.spacing_mm),
+            "origin_mm": list(self.origin_mm),
+            "direction": [float(v) for v in self.direction.ravel()],
+            "dtype": arr.dtype.str,
+            "compression": COMPRESSION,
+            "voxels": pa.compress(arr.tobytes(), codec=COMPRESSION, asbytes=True),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> Volume:
+        """Decode a lake row (mapping with the voxel columns) into a volume."""
+        x, y, z = (int(v) for v in row["shape"])
+        dtype = np.dtype(row["dtype"])
+        raw = pa.decompress(
+            row["voxels"], decompressed_size=x * y * z * dtype.itemsize,
+            codec=row["compression"], asbytes=True,
+        )
+        array = np.frombuffer(raw, dtype=dtype).reshape(z, y, x).copy()
+        return cls(array, tuple(row["spacing_mm"]), tuple(row["origin_mm"]),
+                   np.array(row["direction"]).reshape(3, 3))
+
+    def content_hash(self, *extra: object) -> str:
+        """SHA-256 of the voxels, the geometry and any extra identifying values."""
+        h = hashlib.sha256()
+        arr = np.ascontiguousarray(self.array)
+        h.update(arr.dtype.str.encode())
+        h.update(repr((self.shape_xyz, _r(self.spacing_mm), _r(self.origin_mm),
+                       _r(self.direction.ravel()))).encode())
+        h.update(arr.tobytes())
+        for e in extra:
+            h.update(repr(e).encode())
+        return h.hexdigest()
+
+
+def _r(values) -> tuple[float, ...]:  # noqa: ANN001
+    return tuple(round(float(v), 6) for v in values)
