@@ -79,7 +79,7 @@ def enhanced_frames(ds: Dataset, source: Path) -> list[Frame]:
         else Dataset()
     frames = []
     for i, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        def item(name: str, group=group) -> Dataset:  # noqa: ANN001
+        def item(name: str, group=group, i=i) -> Dataset:  # noqa: ANN001
             seq = group.get(name) or shared.get(name)
             if not seq:
                 raise IngestError(source, f"frame {i + 1}: missing {name}")

@@ -48,7 +48,8 @@ class Pseudonymizer:
         return key
 
     def _digest(self, purpose: str, value: str) -> str:
-        return hmac.new(self._key, f"{purpose}:{value.strip()}".encode(), hashlib.sha256).hexdigest()
+        message = f"{purpose}:{value.strip()}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def patient_id(self, raw_id: str) -> str:
         """The lake's patient_id for a source PatientID."""

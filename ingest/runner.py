@@ -64,18 +64,25 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
-                                       TextColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                                 MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
             self.bar.__enter__()
         return self
 
-    def task(self, description: str, total: int) -> int | None:
+    def task(self, description: str, total: int | None) -> int | None:
         return self.bar.add_task(description, total=total) if self.enabled else None
 
-    def advance(self, task: int | None) -> None:
+    def advance(self, task: int | None, total: int | None = None) -> None:
         if self.enabled and task is not None:
+            if total is not None:
+                self.bar.update(task, total=total)
             self.bar.advance(task)
 
     def __exit__(self, *exc: object) -> None:
@@ -94,7 +101,8 @@ def ingest(path: str | Path, lake: Lake, options: IngestOptions | None = None,
         raise FileNotFoundError(f"{root}: no such file or folder")
     run = _Run(lake, pseudo, report)
     with _Progress(options.show_progress) as progress:
-        headers, errors, others = scan(root)
+        task = progress.task("scanning files", None)
+        headers, errors, others = scan(root, lambda total: progress.advance(task, total))
         report.skipped += errors
         mapping = run.load_mapping(options, others)
         calibration = CalibrationTable(default_cps_per_mbq=options.calibration_cps_per_mbq)

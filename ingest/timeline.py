@@ -32,8 +32,8 @@ class PatientTimeline:
         """
         if acquired is None:
             return None, None, None
-        candidates = [a for a in self.administrations
-                      if a.time - CLOCK_SLACK <= acquired and (nuclide is None or a.nuclide == nuclide)]
+        candidates = [a for a in self.administrations if a.time - CLOCK_SLACK <= acquired
+                      and (nuclide is None or a.nuclide == nuclide)]
         if not candidates:
             return None, None, None
         admin = max(candidates, key=lambda a: a.time)

@@ -1,4 +1,4 @@
-"""Typed Arrow schemas of the lake's core tables (their names and columns are a public interface)."""
+"""Typed Arrow schemas of the lake's core tables (names and columns are a public interface)."""
 
 from __future__ import annotations
 
