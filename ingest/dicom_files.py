@@ -52,7 +52,13 @@ def read_header(path: Path) -> Dataset | None:
         IngestError: a file that claims to be DICOM (suffix or preamble) but is unreadable.
     """
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if "SOPClassUID" not in ds and "Modality" not in ds:  # cut off after the file meta
+            raise IngestError(path, "damaged or truncated DICOM file (the data set has no "
+                                    "SOPClassUID and no Modality)")
+        return ds
+    except IngestError:
+        raise
     except InvalidDicomError:
         pass  # no preamble: try to read it as a bare data set below
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on damaged files

@@ -26,6 +26,7 @@ from theralake.ingest.frames import (
     single_frame,
     stack,
 )
+from theralake.ingest.pseudonym import identifying_values, scrub_text
 from theralake.ingest.radiopharm import Administration, administration_from_dicom, decay_factor
 from theralake.lake import Volume
 
@@ -112,7 +113,8 @@ def read_image_series(series: Series, calibration: CalibrationTable) -> PendingI
         kind=IMAGE_MODALITIES[series.modality], units="", volume=volume,
         acquired=acquisition_datetime(ds), source_label=series.label, series_uid=series.uid,
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID") or "") or None,
-        description=str(ds.get("SeriesDescription") or "") or None, **_demographics(ds))
+        description=scrub_text(str(ds.get("SeriesDescription") or "") or None,
+                               identifying_values(ds)), **_demographics(ds))
     if not image.raw_patient_id:
         raise IngestError(series.label, "no PatientID")
     if series.modality == "CT":

@@ -11,6 +11,7 @@ import numpy as np
 
 from theralake.ingest.dicom_images import PendingImage
 from theralake.ingest.errors import IngestError
+from theralake.ingest.pseudonym import scrub_text
 from theralake.ingest.radiopharm import (
     HALF_LIFE_H,
     Administration,
@@ -126,7 +127,8 @@ def read_nifti(path: Path) -> PendingImage | PendingLabels:
         raw_patient_id=str(meta["PatientID"]), modality=modality, kind=KINDS[modality],
         units=units, volume=vol, acquired=acquired, source_label=str(path),
         frame_of_reference_uid=frame, administration=admin,
-        nuclide=admin.nuclide if admin else None, description=meta.get("SeriesDescription"),
+        nuclide=admin.nuclide if admin else None,
+        description=scrub_text(meta.get("SeriesDescription"), [str(meta["PatientID"])]),
         weight_kg=float(meta["PatientWeightKg"]) if meta.get("PatientWeightKg") else None)
     arr = vol.array.astype(np.float64)
     if modality in ("PT", "NM") and admin is None:

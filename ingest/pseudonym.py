@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,3 +72,48 @@ class Pseudonymizer:
 
     def unshifted(self, raw_id: str, when: datetime) -> datetime:
         return when + self.date_shift(raw_id)
+
+
+#: Header keywords whose values identify a person, place or day (never stored in free text).
+IDENTIFYING_KEYWORDS = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthDate",
+    "PatientBirthName", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers",
+    "AccessionNumber", "StudyID", "InstitutionName", "InstitutionAddress",
+    "InstitutionalDepartmentName", "ReferringPhysicianName", "PerformingPhysicianName",
+    "OperatorsName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "RequestingPhysician",
+    "StationName", "DeviceSerialNumber", "StudyDate", "SeriesDate", "AcquisitionDate",
+    "ContentDate", "StructureSetDate",
+)
+_DATE_LIKE = re.compile(r"\b(?:19|20)\d{2}(?:[-./]?)(?:0[1-9]|1[0-2])(?:[-./]?)"
+                        r"(?:0[1-9]|[12]\d|3[01])\b")
+REMOVED = "[removed]"
+
+
+def identifying_values(ds: object) -> list[str]:
+    """The identifying strings of a DICOM data set (names split into their components)."""
+    out: set[str] = set()
+    for key in IDENTIFYING_KEYWORDS:
+        value = ds.get(key) if hasattr(ds, "get") else None  # type: ignore[attr-defined]
+        if value in (None, ""):
+            continue
+        values = value if isinstance(value, (list, tuple)) or type(value).__name__ == \
+            "MultiValue" else [value]
+        for v in values:
+            text = str(v).strip()
+            if not text:
+                continue
+            out.add(text)
+            out.update(p.strip() for p in re.split(r"[\^\s,]+", text) if len(p.strip()) > 2)
+    return sorted(out, key=len, reverse=True)
+
+
+def scrub_text(text: str | None, identifiers: list[str] | tuple[str, ...] = ()) -> str | None:
+    """Free text (descriptions, ROI names) with identifying values and dates removed."""
+    if text is None:
+        return None
+    out = str(text)
+    for ident in identifiers:
+        if ident and len(ident) > 2:
+            out = re.sub(re.escape(ident), REMOVED, out, flags=re.I)
+    out = _DATE_LIKE.sub(REMOVED, out)
+    return out.strip() or None

@@ -17,7 +17,7 @@ from theralake.ingest.dicom_files import Series, group_series, read_full, scan
 from theralake.ingest.dicom_images import IMAGE_MODALITIES, PendingImage, read_image_series
 from theralake.ingest.errors import IngestError
 from theralake.ingest.nifti import PendingLabels, read_nifti
-from theralake.ingest.pseudonym import Pseudonymizer
+from theralake.ingest.pseudonym import Pseudonymizer, identifying_values, scrub_text
 from theralake.ingest.radiopharm import Administration
 from theralake.ingest.records import administration_row, image_row, voi_row
 from theralake.ingest.tables import (
@@ -241,7 +241,8 @@ class _Run:
             raise IngestError(f"patient {pid}", "an administration earlier than the first one "
                               "already in the lake would renumber its cycles; ingest all of "
                               "this patient's data into a new lake")
-        timeline = PatientTimeline(reference or first, merged)
+        # whole seconds: the stored (shifted) reference has a resolution of one second
+        timeline = PatientTimeline(reference or first.replace(microsecond=0), merged)
         self._write_patient(raw, timeline)
         rows = [administration_row(a, timeline, self.pseudo) for a in merged
                 if a.activity_mbq is not None or a.source != "lake"]
@@ -303,6 +304,7 @@ class _Run:
     def write_structures(self, s: Series, mapping: Mapping) -> None:
         ds = read_full(s.paths[0])
         raw = str(ds.get("PatientID", ""))
+        idents = identifying_values(ds)
         if s.modality == "RTSTRUCT":
             frame = contours.referenced_frame_of_reference(ds)
             series_uids = set(contours.referenced_series_uids(ds))
@@ -330,7 +332,8 @@ class _Run:
                     raise IngestError(s.label, f"ROI {roi.name!r} references another frame of "
                                                "reference than its structure set")
                 mask = contours.rasterise(roi.polygons, grid, f"{s.label} ROI {roi.name!r}")
-                rows.append(voi_row(raw, voi_name(roi.name, mapping.voi_names), roi.name, mask,
+                voi, source_name = _names(roi.name, idents, mapping)
+                rows.append(voi_row(raw, voi, source_name, mask,
                                     grid, "rtstruct", self.pseudo, ref_row, frame))
             if not rows:
                 raise IngestError(s.label, "RTSTRUCT without closed planar contours")
@@ -344,7 +347,8 @@ class _Run:
                 grid, ref_row, _ = ref
             for number, name in segmentations.segment_labels(ds).items():
                 mask = segmentations.paint(frames, number, grid, s.label)
-                rows.append(voi_row(raw, voi_name(name, mapping.voi_names), name, mask, grid,
+                voi, source_name = _names(name, idents, mapping)
+                rows.append(voi_row(raw, voi, source_name, mask, grid,
                                     "seg", self.pseudo, ref_row, frame))
         self.append("vois", _unique_names(rows, s.label))
 
@@ -374,6 +378,14 @@ class _Run:
                 rec["id"] = stable_hash(table, sorted(rec.items(), key=lambda kv: kv[0]))
                 out.append(rec)
             self.append(table, out)
+
+
+def _names(name: str, idents: list[str], mapping: Mapping) -> tuple[str, str | None]:
+    """(lake VOI name, source name kept) of a structure: identifying text removed."""
+    clean = scrub_text(name, idents)
+    if name in mapping.voi_names:
+        return voi_name(name, mapping.voi_names), clean
+    return voi_name(clean or name, mapping.voi_names), clean
 
 
 def _unique_names(rows: list[dict], label: str) -> list[dict]:

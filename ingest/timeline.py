@@ -53,11 +53,19 @@ def merge_administrations(admins: list[Administration]) -> list[Administration]:
         if same is None:
             merged.append(Administration(**vars(a)))
             continue
-        same.activity_mbq = same.activity_mbq if same.activity_mbq is not None else a.activity_mbq
-        same.pharmaceutical = same.pharmaceutical or a.pharmaceutical
-        same.cycle = same.cycle if same.cycle is not None else a.cycle
+        better = rank.get(a.source, 9) < rank.get(same.source, 9)
+        if better:  # a table outranks DICOM even when DICOM's record came first in time
+            same.activity_mbq = a.activity_mbq if a.activity_mbq is not None \
+                else same.activity_mbq
+            same.pharmaceutical = a.pharmaceutical or same.pharmaceutical
+            same.cycle = a.cycle if a.cycle is not None else same.cycle
+        else:
+            same.activity_mbq = same.activity_mbq if same.activity_mbq is not None \
+                else a.activity_mbq
+            same.pharmaceutical = same.pharmaceutical or a.pharmaceutical
+            same.cycle = same.cycle if same.cycle is not None else a.cycle
         same.half_life_s = same.half_life_s or a.half_life_s
-        if rank.get(a.source, 9) < rank.get(same.source, 9):
+        if better:
             same.source, same.time, same.purpose = a.source, a.time, a.purpose
     return sorted(merged, key=lambda a: a.time)
 

@@ -1,0 +1,231 @@
+"""Organ segmentation from CT with a MONAI 3D U-Net (train on labelled cases, sliding-window
+inference on CPU, largest-component and left/right post-processing)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from theralake.lake import Volume
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
+
+
+@dataclass
+class SegmenterConfig:
+    """Hyper-parameters of the organ segmenter."""
+
+    organs: tuple[str, ...] = DEFAULT_ORGANS
+    spacing_mm: float = 4.0
+    patch_voxels: int = 48
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    hu_window: tuple[float, float] = (-250.0, 350.0)  # soft-tissue window
+    learning_rate: float = 2e-3
+    max_epochs: int = 200
+    max_minutes: float = 10.0
+    patches_per_case: int = 4
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _resample(vol: Volume, spacing: float, nearest: bool = False) -> Volume:
+    img = vol.to_sitk()
+    size = [max(1, int(round(n * s / spacing))) for n, s in zip(img.GetSize(), img.GetSpacing(),
+                                                                   strict=True)]
+    out = sitk.Resample(img, size, sitk.Transform(), sitk.sitkNearestNeighbor if nearest
+                        else sitk.sitkLinear, img.GetOrigin(), (spacing,) * 3,
+                        img.GetDirection(), -1000.0 if not nearest else 0.0, img.GetPixelID())
+    return Volume.from_sitk(out)
+
+
+class OrganSegmenter:
+    """A MONAI U-Net for organ labels on CT (scikit-learn style: fit, predict).
+
+    Labels: 0 background, then ``config.organs`` in order.
+    """
+
+    def __init__(self, config: SegmenterConfig | None = None):
+        self.config = config or SegmenterConfig()
+        self.network_ = None
+        self.history_: list[float] = []
+        self.train_seconds_: float = 0.0
+
+    # -- model ----------------------------------------------------------------------------
+    def _build(self) -> torch.nn.Module:
+        from monai.networks.nets import UNet
+
+        c = self.config
+        return UNet(spatial_dims=3, in_channels=1, out_channels=len(c.organs) + 1,
+                    channels=c.channels, strides=(2,) * (len(c.channels) - 1), num_res_units=1)
+
+    def _normalise(self, arr: np.ndarray) -> np.ndarray:
+        lo, hi = self.config.hu_window
+        return ((np.clip(arr, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+    def _prepare(self, ct: Volume) -> tuple[Volume, np.ndarray]:
+        res = _resample(ct.like(ct.array.astype(np.float32)), self.config.spacing_mm)
+        return res, self._normalise(res.array)
+
+    # -- training -------------------------------------------------------------------------
+    def fit(self, cts: list[Volume], label_maps: list[Volume]) -> OrganSegmenter:
+        """Train on CTs with label maps on the same grids (values 0..len(organs))."""
+        from monai.losses import DiceCELoss
+
+        if not cts or len(cts) != len(label_maps):
+            raise ValueError("fit needs as many label maps as CTs (at least one)")
+        c = self.config
+        torch.manual_seed(c.seed)
+        rng = np.random.default_rng(c.seed)
+        data = []
+        for ct, lab in zip(cts, label_maps, strict=True):
+            if not ct.same_grid(lab):
+                raise ValueError("a label map is not on its CT's grid")
+            res, x = self._prepare(ct)
+            y = _resample(lab.like(lab.array.astype(np.uint8)), c.spacing_mm, nearest=True).array
+            data.append((_pad_to(x, c.patch_voxels, x.min()), _pad_to(y, c.patch_voxels, 0)))
+        net = self._build()
+        opt = torch.optim.Adam(net.parameters(), lr=c.learning_rate)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        start = time.monotonic()
+        net.train()
+        for epoch in range(c.max_epochs):
+            xs, ys = [], []
+            for x, y in data:
+                for _ in range(c.patches_per_case):
+                    sl = _random_patch(y, c.patch_voxels, rng)
+                    xs.append(x[sl][None])
+                    ys.append(y[sl][None])
+            xb = torch.from_numpy(np.stack(xs))
+            yb = torch.from_numpy(np.stack(ys).astype(np.int64))
+            opt.zero_grad()
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            opt.step()
+            self.history_.append(loss.item())
+            if (time.monotonic() - start) / 60 > c.max_minutes:
+                log.info("segmenter training stopped at epoch %d (time limit)", epoch + 1)
+                break
+        self.train_seconds_ = time.monotonic() - start
+        self.network_ = net.eval()
+        return self
+
+    # -- inference ------------------------------------------------------------------------
+    def predict(self, ct: Volume) -> Volume:
+        """Label map on the CT's own grid (sliding-window inference, post-processed)."""
+        from monai.inferers import sliding_window_inference
+
+        if self.network_ is None:
+            raise RuntimeError("the segmenter is not trained or loaded")
+        res, x = self._prepare(ct)
+        p = self.config.patch_voxels
+        with torch.no_grad():
+            logits = sliding_window_inference(torch.from_numpy(x)[None, None], (p, p, p), 4,
+                                              self.network_, overlap=0.25, mode="gaussian")
+        labels = logits.argmax(1)[0].numpy().astype(np.uint8)
+        labels = self._postprocess(labels, res)
+        back = sitk.Resample(res.like(labels).to_sitk(), ct.to_sitk(), sitk.Transform(),
+                             sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        return ct.like(sitk.GetArrayFromImage(back))
+
+    def _postprocess(self, labels: np.ndarray, grid: Volume) -> np.ndarray:
+        """Largest connected component per organ; kidneys re-split into left and right."""
+        organs = self.config.organs
+        out = np.zeros_like(labels)
+        kidneys = [i + 1 for i, o in enumerate(organs) if o.startswith("kidney_")]
+        for i, _organ in enumerate(organs, start=1):
+            if i in kidneys:
+                continue
+            out[_largest(labels == i)] = i
+        if len(kidneys) == 2:
+            both = np.isin(labels, kidneys)
+            comps, n = ndimage.label(both)
+            if n:
+                sizes = ndimage.sum(both, comps, range(1, n + 1))
+                keep = np.argsort(sizes)[::-1][:2] + 1
+                for k in keep:
+                    comp = comps == k
+                    # patient left = +x in LPS: the component whose centre lies at larger x
+                    x_world = grid.index_to_world(np.array(
+                        ndimage.center_of_mass(comp))[::-1])[0]
+                    other = [comps == j for j in keep if j != k]
+                    x_other = grid.index_to_world(np.array(ndimage.center_of_mass(
+                        other[0]))[::-1])[0] if other else None
+                    left = organs.index("kidney_left") + 1
+                    right = organs.index("kidney_right") + 1
+                    if x_other is None:
+                        votes = labels[comp]
+                        out[comp] = left if (votes == left).sum() >= (votes == right).sum() \
+                            else right
+                    else:
+                        out[comp] = left if x_world > x_other else right
+        return out
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.network_.state_dict(), folder / "weights.pt")
+        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> OrganSegmenter:
+        """Load weights saved by :meth:`save` (or the user's own, with a config.json)."""
+        folder = Path(folder)
+        for name in ("weights.pt", "config.json"):
+            if not (folder / name).exists():
+                raise FileNotFoundError(f"{folder}: no {name} (not a saved organ segmenter)")
+        raw = json.loads((folder / "config.json").read_text())
+        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        seg = cls(SegmenterConfig(**raw))
+        net = seg._build()
+        net.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu"))
+        seg.network_ = net.eval()
+        return seg
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    comps, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum(mask, comps, range(1, n + 1))
+    return comps == (int(np.argmax(sizes)) + 1)
+
+
+def _pad_to(arr: np.ndarray, size: int, value: float) -> np.ndarray:
+    pads = [(0, max(0, size - n)) for n in arr.shape]
+    return np.pad(arr, pads, constant_values=value) if any(p[1] for p in pads) else arr
+
+
+def _random_patch(labels: np.ndarray, size: int, rng: np.random.Generator
+                  ) -> tuple[slice, slice, slice]:
+    """A patch centred on an organ voxel two times in three, anywhere otherwise."""
+    fg = np.argwhere(labels > 0)
+    if fg.size and rng.random() < 2 / 3:
+        centre = fg[rng.integers(len(fg))]
+    else:
+        centre = np.array([rng.integers(n) for n in labels.shape])
+    start = [int(np.clip(c - size // 2, 0, n - size)) for c, n in zip(centre, labels.shape,
+                                                                       strict=True)]
+    return tuple(slice(s, s + size) for s in start)
+
+
+def dice_per_label(truth: np.ndarray, pred: np.ndarray, organs: tuple[str, ...]
+                   ) -> dict[str, float]:
+    """Dice of every organ label (NaN where the organ is absent from both)."""
+    out = {}
+    for i, organ in enumerate(organs, start=1):
+        a, b = truth == i, pred == i
+        denom = a.sum() + b.sum()
+        out[organ] = float(2 * (a & b).sum() / denom) if denom else float("nan")
+    return out

@@ -1,0 +1,39 @@
+"""Shared fixtures: a fixed pseudonymisation key, a private HOME, lakes under tmp_path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/dicom_factory.py
+
+TEST_KEY = "theralake-test-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """Never touch the user's key file or lake: fixed key, HOME in a temp folder."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("THERALAKE_PSEUDONYM_KEY", TEST_KEY)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("THERALAKE_KEY_FILE", str(home / ".theralake" / "pseudonym.key"))
+    monkeypatch.setenv("THERALAKE_LAKE", str(home / "default_lake"))
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    yield
+    assert not (home / ".theralake" / "pseudonym.key").exists(), "a test wrote a key file"
+
+
+@pytest.fixture
+def lake(tmp_path: Path):
+    from theralake.lake import Lake
+
+    return Lake(tmp_path / "lake")
+
+
+@pytest.fixture
+def quiet_options():
+    from theralake.ingest.runner import IngestOptions
+
+    return IngestOptions(show_progress=False)
