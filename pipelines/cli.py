@@ -10,15 +10,19 @@ from typing import Annotated
 
 import typer
 
+from theralake.dosimetry.cli import register as register_dosimetry
 from theralake.ingest.cli import LakeOption
 from theralake.ingest.cli import register as register_ingest
 from theralake.lake import Lake, LakeError
+from theralake.synth.cli import register as register_synth
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 app = typer.Typer(help="theralake: image-based dosimetry for radiopharmaceutical therapy.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 register_ingest(app)
+register_dosimetry(app)
+register_synth(app)
 
 
 @app.command("sql")
