@@ -361,8 +361,10 @@ class _Run:
         rows = []
         for value, name in lm.labels.items():
             mask = np.asarray(lm.volume.array) == value
-            if not mask.any():
-                raise IngestError(lm.source_label, f"label {value} ({name}) is empty")
+            if not mask.any():  # declared but absent (e.g. a lesion that disappeared)
+                log.warning("%s: label %d (%s) has no voxels; not ingested", lm.source_label,
+                            value, name)
+                continue
             rows.append(voi_row(lm.raw_patient_id, voi_name(name, mapping.voi_names), name,
                                 mask, grid, "nifti", self.pseudo, ref_row,
                                 lm.frame_of_reference_uid))

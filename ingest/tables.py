@@ -156,6 +156,9 @@ def read_administrations(path: Path, spec: dict) -> list[Administration]:
         purpose = str(rec.get("purpose") or "") if "purpose" in df.columns and \
             pd.notna(rec.get("purpose")) else purpose_of(nuclide, activity)
         cycle = int(rec["cycle"]) if "cycle" in df.columns and pd.notna(rec["cycle"]) else None
+        if cycle is not None and cycle < 1:
+            raise IngestError(path, f"row {i + 2}: cycle {cycle}: cycles are numbered from 1 "
+                                    "(leave it empty for a diagnostic scan before therapy)")
         pharma = str(rec["pharmaceutical"]) if "pharmaceutical" in df.columns and \
             pd.notna(rec.get("pharmaceutical")) else None
         out.append(Administration(rec["raw_patient_id"], nuclide, when.replace(tzinfo=None),

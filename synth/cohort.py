@@ -1,0 +1,146 @@
+"""Generate a synthetic cohort on disk: images, clinical CSVs and the truth folder.
+
+Output layout (``out`` = the --out folder)::
+
+    out/clinical.csv  outcomes.csv  administrations.csv  calibration.csv  mapping.yaml
+    out/<PatientID>/<session>/{CT,PT,NM,SEG}/*.dcm     (DICOM; session PET0 or C<c>TP<t>)
+    out/<PatientID>/<session>_{CT,PT,NM,SEG}.nii.gz     (--format nifti, + .json sidecars)
+    out/truth/*.parquet                                  (cohort truth tables, long format)
+    out/truth/images/<PatientID>.parquet                 (label maps, TIA and dose maps)
+    out/truth/outcome_model.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from rich.progress import Progress
+
+from theralake.synth.config import SynthConfig
+from theralake.synth.dicom_writer import write_session_dicom
+from theralake.synth.imaging import Session, dose_map, render_sessions, tia_map
+from theralake.synth.nifti_writer import write_session_nifti
+from theralake.synth.outcomes import OUTCOME_PARAMS
+from theralake.synth.patient import CAMERAS, PatientTruth, simulate_patient, voi_labels
+from theralake.synth.tissues import TISSUES
+from theralake.synth.truth import image_row, patient_tables
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class CohortResult:
+    """What a generation run produced."""
+
+    out: Path
+    patients: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def _label_names(pt: PatientTruth) -> dict[str, str]:
+    names = {str(k): t.name for k, t in TISSUES.items()}
+    for n in pt.lesion_names:
+        names[str(voi_labels([n])[n][0])] = n
+    return names
+
+
+def generate_patient(cfg: SynthConfig, index: int, out: Path) -> tuple[PatientTruth, dict]:
+    """Simulate, render and write one patient; returns its truth and truth tables."""
+    pt = simulate_patient(cfg, index)
+    tables = patient_tables(pt)
+    images = []
+    pvs = []
+    names = _label_names(pt)
+    for s in render_sessions(pt, cfg.seed, cfg.small):
+        _write(cfg, pt, s, out)
+        if not s.pv.empty:
+            pvs.append(s.pv)
+        images.append(image_row(pt.patient_id, s.cycle, s.tag, "labels", "label",
+                                s.labels, s.ct_grid, names))
+    for cyc in pt.cycles:
+        assert cyc.anatomy is not None
+        ref = f"C{cyc.cycle}TP1"
+        tia = tia_map(cyc)
+        images.append(image_row(pt.patient_id, cyc.cycle, ref, "tia_map", "MBq*h/voxel", tia,
+                                cyc.anatomy.grid))
+        images.append(image_row(pt.patient_id, cyc.cycle, ref, "dose_map", "Gy",
+                                dose_map(cyc, tia), cyc.anatomy.grid))
+        images.append(image_row(pt.patient_id, cyc.cycle, ref, "reference_labels", "label",
+                                cyc.anatomy.labels, cyc.anatomy.grid, names))
+    tables["partial_volume"] = pd.concat(pvs, ignore_index=True) if pvs else pd.DataFrame()
+    img_dir = out / "truth" / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(images).to_parquet(img_dir / f"{pt.patient_id}.parquet", index=False)
+    return pt, tables
+
+
+def _write(cfg: SynthConfig, pt: PatientTruth, s: Session, out: Path) -> None:
+    if cfg.fmt == "nifti":
+        write_session_nifti(pt, s, out)
+    else:
+        write_session_dicom(pt, s, out, cfg.seed)
+
+
+def generate_cohort(cfg: SynthConfig, out: Path, progress: bool = True) -> CohortResult:
+    """Write a whole cohort to ``out`` (created if needed)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = CohortResult(out)
+    clinical, outcomes, admins = [], [], []
+    acc: dict[str, list[pd.DataFrame]] = {}
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("synthetic patients", total=cfg.patients)
+        for i in range(cfg.patients):
+            pt, tables = generate_patient(cfg, i, out)
+            res.patients.append(pt.patient_id)
+            for k, v in tables.items():
+                acc.setdefault(k, []).append(v)
+            clinical.append({"PatientID": pt.patient_id, "sex": "M",
+                             "n_lesions_baseline": len(pt.lesion_info),
+                             **pt.clinical.as_row()})
+            outcomes.append(pt.outcome)
+            admins.append({"PatientID": pt.patient_id, "nuclide": "Ga-68",
+                           "activity_mbq": round(pt.pet.activity_mbq, 3),
+                           "administration_datetime": pt.pet.injection.isoformat(),
+                           "pharmaceutical": "Ga-68 PSMA-11", "purpose": "diagnostic",
+                           "cycle": None})  # ingest places it before cycle 1
+            for cyc in pt.cycles:
+                admins.append({"PatientID": pt.patient_id, "nuclide": cfg.nuclide,
+                               "activity_mbq": round(cyc.activity_mbq, 3),
+                               "administration_datetime": cyc.administration.isoformat(),
+                               "pharmaceutical": "Lu-177 PSMA-617", "purpose": "therapy",
+                               "cycle": cyc.cycle})
+            bar.advance(task)
+            log.info("wrote %s", pt.patient_id)
+    pd.DataFrame(clinical).to_csv(out / "clinical.csv", index=False)
+    pd.DataFrame(outcomes).to_csv(out / "outcomes.csv", index=False)
+    pd.DataFrame(admins).to_csv(out / "administrations.csv", index=False)
+    pd.DataFrame([{"camera": c, "nuclide": cfg.nuclide, "cps_per_mbq": v}
+                  for c, v in sorted(CAMERAS.items())]).to_csv(out / "calibration.csv",
+                                                                index=False)
+    mapping = {"clinical": {"file": "clinical.csv", "patient_id": "PatientID"},
+               "outcomes": {"file": "outcomes.csv", "patient_id": "PatientID"},
+               "administrations": {"file": "administrations.csv", "patient_id": "PatientID"},
+               "calibration": {"file": "calibration.csv"}}
+    (out / "mapping.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+    truth = out / "truth"
+    truth.mkdir(exist_ok=True)
+    for k, frames in acc.items():
+        frames = [f for f in frames if not f.empty]
+        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        df.to_parquet(truth / f"{k}.parquet", index=False)
+        res.tables[k] = df
+    (truth / "outcome_model.json").write_text(json.dumps({
+        "params": OUTCOME_PARAMS, "documentation": "synth/README.md#outcome-model",
+        "config": {"patients": cfg.patients, "cycles": cfg.cycles, "seed": cfg.seed,
+                   "small": cfg.small, "time_points_h": list(cfg.time_points_h),
+                   "missing_prob": cfg.missing_prob, "activity_gbq": cfg.activity_gbq,
+                   "format": cfg.fmt},
+    }, indent=2, default=str))
+    return res
