@@ -153,6 +153,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("reasons", _str),
         LINEAGE_COLUMNS,
     ),
+    "configs": _schema(  # the settings each run used, by hash (runs point to them)
+        pa.field("id", _str, nullable=False),  # the settings' hash
+        pa.field("kind", _str, nullable=False),  # dosimetry, features, training ...
+        pa.field("yaml", _str, nullable=False),
+        LINEAGE_COLUMNS,
+    ),
     "features": _schema(
         pa.field("id", _str, nullable=False),
         pa.field("patient_id", _str, nullable=False),

@@ -1,0 +1,438 @@
+"""Dosimetry of one patient-cycle: serial SPECT/CT in the lake -> aligned activity maps, VOIs,
+time-activity curves, TIA, dose maps, organ and lesion doses, BED -> the lake."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+import yaml
+
+from theralake import __version__
+from theralake.dosimetry import kinetics, radiobiology, registration
+from theralake.dosimetry.dose import hu_to_density, local_deposition_dose, vsv_dose
+from theralake.dosimetry.kernels import voxel_s_kernel
+from theralake.dosimetry.lesions import segment_lesions
+from theralake.dosimetry.nuclides import get_nuclide
+from theralake.dosimetry.sphere import sphere_self_s
+from theralake.dosimetry.voxel_kinetics import fit_voxel_tacs
+from theralake.lake import Lake, Volume, stable_hash
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ldm", "vsv", "vsv-density", "organ-s")
+S_PER_H = 3600.0
+
+
+class DosimetryError(ValueError):
+    """A patient-cycle that cannot be computed; the message says why."""
+
+
+def load_config(path: str | Path | None = None, **overrides: object) -> dict:
+    """The packaged default configuration, updated by a user YAML file and overrides."""
+    config = yaml.safe_load(resources.files("theralake.dosimetry").joinpath(
+        "data/dosimetry_default.yaml").read_text())
+    if path:
+        user = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(user) - set(config)
+        if unknown:
+            raise DosimetryError(f"{path}: unknown settings {sorted(unknown)}")
+        config.update(user)
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    if config["method"] not in METHODS:
+        raise DosimetryError(f"unknown method {config['method']!r}; one of {', '.join(METHODS)}")
+    return config
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def record_config(lake: Lake, config: dict) -> str:
+    """Store the run's settings in the lake's ``configs`` table; returns their hash."""
+    digest = config_hash(config)
+    lake.append("configs", [{"id": digest, "kind": "dosimetry",
+                             "yaml": yaml.safe_dump(config, sort_keys=True)}])
+    return digest
+
+
+@dataclass
+class TimePoint:
+    time_h: float
+    spect_row: dict
+    ct_row: dict
+    spect: Volume
+    ct: Volume
+
+
+@dataclass
+class CycleResult:
+    """What one patient-cycle run produced (rows also written to the lake)."""
+
+    patient_id: str
+    cycle: int
+    organ_rows: list[dict] = field(default_factory=list)
+    tac_rows: list[dict] = field(default_factory=list)
+    registration_rows: list[dict] = field(default_factory=list)
+    voi_rows: list[dict] = field(default_factory=list)
+    dose: Volume | None = None
+    tia: Volume | None = None
+    fits: dict[str, kinetics.TacFit] = field(default_factory=dict)
+
+
+def _time_points(lake: Lake, patient_id: str, cycle: int) -> list[TimePoint]:
+    images = lake.read("images", "patient_id = ? AND cycle = ? AND kind IN ('spect', 'ct')",
+                       [patient_id, cycle])
+    spects = images[(images.kind == "spect") & (images.units == "BQML")].sort_values("time_h")
+    cts = images[images.kind == "ct"]
+    if spects.empty:
+        raise DosimetryError(f"patient {patient_id} cycle {cycle}: no quantitative SPECT")
+    points = []
+    for _, s in spects.iterrows():
+        same = cts[cts.frame_of_reference_key == s.frame_of_reference_key]
+        if same.empty:  # fall back to the CT acquired closest in time
+            same = cts.iloc[(cts.time_h - s.time_h).abs().argsort()[:1]]
+        if same.empty or abs(float(same.iloc[0].time_h) - float(s.time_h)) > 2.0:
+            raise DosimetryError(f"patient {patient_id} cycle {cycle}: SPECT at "
+                                 f"{s.time_h:.1f} h has no CT")
+        c = same.iloc[0]
+        points.append(TimePoint(float(s.time_h), s.to_dict(), c.to_dict(),
+                                Volume.from_row(s.to_dict()), Volume.from_row(c.to_dict())))
+    return points
+
+
+def _check_overlap(tp: TimePoint, label: str) -> None:
+    lo_s, hi_s = _extent(tp.spect)
+    lo_c, hi_c = _extent(tp.ct)
+    if np.any(np.minimum(hi_s, hi_c) - np.maximum(lo_s, lo_c) <= 0):
+        raise DosimetryError(f"{label}: SPECT and CT at {tp.time_h:.1f} h do not overlap")
+
+
+def _extent(vol: Volume) -> tuple[np.ndarray, np.ndarray]:
+    corners = np.array([[i, j, k] for i in (0, vol.shape_xyz[0] - 1)
+                        for j in (0, vol.shape_xyz[1] - 1) for k in (0, vol.shape_xyz[2] - 1)])
+    world = vol.index_to_world(corners)
+    return world.min(axis=0), world.max(axis=0)
+
+
+def _to_grid(vol: Volume, grid: Volume, default: float = 0.0) -> np.ndarray:
+    """Resample a volume (linear) onto another grid of the same frame of reference."""
+    src = sitk.Cast(vol.to_sitk(), sitk.sitkFloat32)
+    out = sitk.Resample(src, grid.to_sitk(), sitk.Transform(), sitk.sitkLinear, default,
+                        sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def _mask_on(mask: Volume, grid: Volume) -> np.ndarray:
+    """A CT-grid mask on the dose grid: occupancy >= 0.5 (a VOI smaller than a dose voxel
+    keeps its most occupied voxel; one outside the grid comes back empty)."""
+    occupancy = _to_grid(mask, grid)
+    out = occupancy >= 0.5
+    if not out.any() and occupancy.max() > 0:
+        out = occupancy == occupancy.max()
+    return out
+
+
+def _exponential_terms(fit: kinetics.TacFit) -> tuple[list[float], list[float]]:
+    """The fitted TAC as Σ c_i exp(-a_i t) (for the Lea-Catcheside factor)."""
+    p = fit.params
+    if fit.model == "mono":
+        return [p[0]], [p[1]]
+    if fit.model == "bi":
+        return [p[0], -p[0]], [p[1], p[2]]
+    if fit.model == "tri":
+        return [p[0], p[2], -(p[0] + p[2])], [p[1], p[3], p[4]]
+    lam = np.log(2) / fit.effective_half_life_h  # trapezoid: its tail's effective decay
+    return [1.0], [lam]
+
+
+def _bed(voi: str, dose_gy: float, fit: kinetics.TacFit) -> tuple[float, float]:
+    tissue = radiobiology.get_tissue(voi) if _has_tissue(voi) else None
+    if tissue is None or dose_gy <= 0:
+        return (dose_gy, dose_gy) if tissue is None else (0.0, 0.0)
+    c, a = _exponential_terms(fit)
+    res = radiobiology.bed_exponential(dose_gy, c, a, tissue.alpha_beta_gy, tissue.t_rep_h)
+    return res.bed_gy, res.eqd2_gy
+
+
+def _has_tissue(voi: str) -> bool:
+    try:
+        radiobiology.get_tissue(voi)
+        return True
+    except ValueError:
+        return False
+
+
+def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = None
+              ) -> CycleResult:
+    """Compute one patient-cycle and append its rows to the lake (idempotent).
+
+    Raises:
+        DosimetryError: too few time points, no CT, SPECT and CT not overlapping, VOIs
+            outside the SPECT field of view, empty masks.
+    """
+    config = config or load_config()
+    label = f"patient {patient_id} cycle {cycle}"
+    chash = config_hash(config)
+    points = _time_points(lake, patient_id, cycle)
+    if len(points) < 2:
+        raise DosimetryError(f"{label}: {len(points)} SPECT time point(s); at least 2 are "
+                             "needed for a fit (single-time-point methods: see "
+                             "dosimetry.kinetics.tia_hanscheid)")
+    for tp in points:
+        _check_overlap(tp, label)
+    admin = lake.read("administrations", "patient_id = ? AND cycle = ? AND purpose = 'therapy'",
+                      [patient_id, cycle])
+    if admin.empty:
+        raise DosimetryError(f"{label}: no therapy administration")
+    activity_mbq = float(admin.iloc[0].activity_mbq)
+    nuclide = get_nuclide(str(points[0].spect_row.get("nuclide") or admin.iloc[0].nuclide))
+    ref_index = {"first": 0, "last": len(points) - 1}.get(config["reference_time_point"],
+                                                          config["reference_time_point"])
+    ref = points[int(ref_index)]
+    grid = ref.spect
+    result = CycleResult(patient_id, cycle)
+    # 1. activity maps aligned on the reference SPECT grid (MBq per voxel)
+    maps = []
+    for i, tp in enumerate(points):
+        if i == ref_index or config["registration"] == "none":
+            conc = _to_grid(tp.spect, grid) if not tp.spect.same_grid(grid) else \
+                tp.spect.array.astype(np.float32)
+        else:
+            reg = registration.register_ct(ref.ct, tp.ct,
+                                           deformable=config["registration"] == "deformable")
+            moved, err = registration.resample_activity(tp.spect, reg.transform, grid)
+            conc = moved.array
+            result.registration_rows.append(_registration_row(
+                patient_id, cycle, ref, tp, reg, err, chash))
+        maps.append(np.clip(conc.astype(np.float64), 0, None) * grid.voxel_volume_ml / 1e6)
+    maps = np.stack(maps)
+    times = np.array([tp.time_h for tp in points])
+    # 2. VOIs on the reference CT, carried to the dose grid
+    vois = _vois(lake, patient_id, ref, config, label, result)
+    density_ct = hu_to_density(ref.ct.array, tuple(map(tuple, config["hu_density_calibration"])))
+    density = np.clip(_to_grid(ref.ct.like(density_ct.astype(np.float32)), grid, 0.001),
+                      0.001, None)
+    # 3. voxel TIA and dose maps
+    body = maps.max(axis=0) > config["voxel_min_activity_fraction"] * maps.max()
+    vox = fit_voxel_tacs(times, maps, model=config["voxel_model"],
+                         decay_constant_per_h=nuclide.decay_constant_per_h, mask=body,
+                         n_iter=int(config["voxel_fit_iterations"]), dtype=torch.float32)
+    tia_map = vox.tia_map
+    voxel_mm = np.array(grid.spacing_mm)
+    method = config["method"]
+    if method == "ldm":
+        dose_map = local_deposition_dose(tia_map, voxel_mm, nuclide.name, density,
+                                         include_photons=config["include_photons_ldm"])
+    else:
+        if not np.allclose(voxel_mm, voxel_mm[0], rtol=1e-3):
+            raise DosimetryError(f"{label}: voxel S-value kernels need cubic voxels, SPECT "
+                                 f"has {tuple(voxel_mm)} mm")
+        kernel = voxel_s_kernel(nuclide.name, float(voxel_mm[0]), int(config["kernel_size"]))
+        dose_map = vsv_dose(tia_map, kernel, density if method == "vsv-density" else None)
+    result.tia, result.dose = grid.like(tia_map.astype(np.float32)), grid.like(
+        dose_map.astype(np.float32))
+    # 4. per VOI: TAC (partial-volume corrected if configured), fit, TIA, mass, dose, BED
+    masks = {name: _mask_on(mask_ct, grid) for name, (mask_ct, _) in vois.items()}
+    for name, mask in masks.items():
+        if not mask.any():
+            raise DosimetryError(f"{label}: VOI {name} is empty on the SPECT grid (outside "
+                                 "its field of view?)")
+    corrected = _pvc_tacs(maps, vois, grid, config, label)
+    for name, (mask_ct, voi_id) in vois.items():
+        mask = masks[name]
+        raw_tac = maps[:, mask].sum(axis=1)
+        tac = corrected.get(name, raw_tac)
+        if name.startswith("lesion_") and config["recovery_coefficients"]:
+            tac = tac / _recovery(config["recovery_coefficients"], mask_ct.array.sum()
+                                  * mask_ct.voxel_volume_ml)
+        sel = kinetics.select_tac_model(times, tac, tuple(config["tac_models"]),
+                                        decay_constant_per_h=nuclide.decay_constant_per_h)
+        fit = sel.chosen
+        result.fits[name] = fit
+        mass_g = float((density_ct * mask_ct.array).sum() * mask_ct.voxel_volume_ml)
+        # with partial-volume correction the VOI's voxel doses are scaled so that the energy
+        # is the corrected TIA's and the mass the VOI's true (CT-grid) mass: D = E / m
+        recovery = 1.0
+        if name in corrected:
+            raw_tia = kinetics.select_tac_model(
+                times, raw_tac, tuple(config["tac_models"]),
+                decay_constant_per_h=nuclide.decay_constant_per_h).chosen.tia_mbq_h
+            grid_mass_g = float(density[mask].sum() * grid.voxel_volume_ml)
+            recovery = fit.tia_mbq_h / max(raw_tia, 1e-12) * grid_mass_g / mass_g
+        if method == "organ-s":
+            dose_gy = fit.tia_mbq_h * 1e6 * S_PER_H * _self_s(config, nuclide.name, name,
+                                                              mass_g)
+            max_gy = float(dose_map[mask].max()) * recovery
+        else:
+            dose_gy = float(np.average(dose_map[mask], weights=density[mask])) * recovery
+            max_gy = float(dose_map[mask].max()) * recovery
+        bed, eqd2 = _bed(name, dose_gy, fit)
+        for t, a, img in zip(times, tac, points, strict=True):
+            result.tac_rows.append({
+                "id": stable_hash("tac", patient_id, cycle, name, round(float(t), 4), chash,
+                                  voi_id), "patient_id": patient_id, "cycle": cycle,
+                "voi": name, "time_h": float(t), "activity_mbq": float(a),
+                "activity_sigma_mbq": None, "image_id": img.spect_row["id"],
+                "input_ids": [img.spect_row["id"], voi_id], "params_hash": chash})
+        result.organ_rows.append({
+            "id": stable_hash("organ", patient_id, cycle, name, method, chash, voi_id,
+                              [p.spect_row["id"] for p in points]),
+            "patient_id": patient_id, "cycle": cycle, "voi": name, "method": method,
+            "mass_g": mass_g, "tia_mbq_h": fit.tia_mbq_h,
+            "tia_sigma_mbq_h": fit.tia_sd_mbq_h if np.isfinite(fit.tia_sd_mbq_h) else None,
+            "absorbed_dose_gy": dose_gy, "max_dose_gy": max_gy,
+            "dose_per_activity_gy_per_gbq": dose_gy / (activity_mbq / 1000.0),
+            "bed_gy": bed, "eqd2_gy": eqd2, "fit_model": fit.model,
+            "fit_parameters": json.dumps(fit.as_dict()),
+            "input_ids": [p.spect_row["id"] for p in points] + [voi_id],
+            "params_hash": chash})
+    _write(lake, result, grid, method, chash, points)
+    return result
+
+
+def _pvc_tacs(maps: np.ndarray, vois: dict[str, tuple[Volume, str]], grid: Volume,
+              config: dict, label: str) -> dict[str, np.ndarray]:
+    """Partial-volume corrected TACs (MBq) of every VOI but the body, by the GTM method.
+
+    Regions are made disjoint on the CT grid (lesions over organs, the body's remainder
+    last), carried to the SPECT grid as occupancy fractions, and solved per time point.
+    """
+    pv = config.get("partial_volume") or {}
+    if pv.get("method", "none") == "none":
+        return {}
+    if pv["method"] != "gtm" or not pv.get("fwhm_mm"):
+        raise DosimetryError(f"{label}: partial_volume needs method gtm and fwhm_mm")
+    names = sorted((n for n in vois if n != "body"), key=lambda n: n.startswith("lesion_"))
+    ct_grid = next(iter(vois.values()))[0]
+    taken = np.zeros(ct_grid.array.shape, bool)
+    fine: dict[str, np.ndarray] = {}
+    for name in reversed(names):  # lesions first: they keep their voxels
+        m = vois[name][0].array.astype(bool) & ~taken
+        fine[name] = m
+        taken |= m
+    if "body" in vois:
+        fine["remainder"] = vois["body"][0].array.astype(bool) & ~taken
+    occupancy = {n: np.clip(_to_grid(ct_grid.like(m.astype(np.float32)), grid), 0, 1)
+                 .astype(np.float64) for n, m in fine.items()}
+    occupancy = {n: o for n, o in occupancy.items() if (o >= 0.5).any()}
+    from theralake.dosimetry.partial_volume import gtm_concentrations, transfer_matrix
+
+    matrix = transfer_matrix(occupancy, float(pv["fwhm_mm"]), grid.spacing_mm)
+    out = {n: np.zeros(len(maps)) for n in occupancy}
+    volume_ml = {n: float(fine[n].sum()) * ct_grid.voxel_volume_ml for n in occupancy}
+    for t, activity in enumerate(maps):  # MBq per voxel -> MBq/mL
+        c = gtm_concentrations(activity / grid.voxel_volume_ml, occupancy, float(pv["fwhm_mm"]),
+                               grid.spacing_mm, matrix)
+        for n in occupancy:
+            out[n][t] = max(c[n], 0.0) * volume_ml[n]
+    return {n: v for n, v in out.items() if n in vois}
+
+
+def _recovery(path: str, volume_ml: float) -> float:
+    table = pd.read_csv(path).sort_values("volume_ml")
+    return float(np.interp(volume_ml, table.volume_ml, table.recovery))
+
+
+def _self_s(config: dict, nuclide: str, voi: str, mass_g: float) -> float:
+    """Self S-value (Gy/(Bq s)): the configured organ table scaled by mass, else the sphere."""
+    if config["s_table"]:
+        from theralake.dosimetry.organ_s import load_s_table
+
+        table = load_s_table(config["s_table"])
+        key = (nuclide, voi, voi)
+        if key in table.values:
+            ref_mass = table.reference_mass_g.get(key)
+            s = table.values[key]
+            return s * ref_mass / mass_g if ref_mass else s
+    return sphere_self_s(nuclide, mass_g).s_gy_per_bq_s
+
+
+def _vois(lake: Lake, patient_id: str, ref: TimePoint, config: dict, label: str,
+          result: CycleResult) -> dict[str, tuple[Volume, str]]:
+    """VOIs on the reference CT: imported ones first, then threshold lesions."""
+    rows = lake.read("vois", "patient_id = ? AND image_id = ?", [patient_id, ref.ct_row["id"]])
+    out: dict[str, tuple[Volume, str]] = {}
+    for _, r in rows.iterrows():
+        if r.voi in config["organs"] or (r.voi.startswith("lesion_")
+                                         and config["lesions"]["from_imported_vois"]):
+            vol = Volume.from_row(r.to_dict())
+            if not vol.array.any():
+                raise DosimetryError(f"{label}: imported VOI {r.voi} is empty")
+            out[r.voi] = (vol, r.id)
+    has_lesions = any(k.startswith("lesion_") for k in out)
+    if not has_lesions and config["lesions"]["segment"]:
+        out.update(_threshold_lesions(patient_id, ref, out, config, result))
+    if not out:
+        raise DosimetryError(f"{label}: no VOIs on the reference CT (import RTSTRUCT/SEG or "
+                             "train the organ segmenter)")
+    return out
+
+
+def _threshold_lesions(patient_id: str, ref: TimePoint, organs: dict[str, tuple[Volume, str]],
+                       config: dict, result: CycleResult) -> dict[str, tuple[Volume, str]]:
+    spect_on_ct = ref.ct.like(_to_grid(ref.spect, ref.ct).clip(0, None))
+    exclude = np.zeros(ref.ct.array.shape, bool)
+    for name, (vol, _) in organs.items():
+        if name != "body":
+            exclude |= vol.array.astype(bool)
+    opts = config["lesions"]
+    found = segment_lesions(spect_on_ct.array, ref.ct.voxel_volume_ml, method=opts["method"],
+                            fraction=opts["fraction"], exclude=exclude,
+                            min_volume_ml=opts["min_volume_ml"])
+    out = {}
+    for i, les in enumerate(found, start=1):
+        vol = ref.ct.like(les.mask.astype(np.uint8))
+        name = f"lesion_{i:03d}"
+        row = {"patient_id": patient_id, "voi": name, "image_id": ref.ct_row["id"],
+               "cycle": ref.ct_row["cycle"], "time_h": ref.ct_row["time_h"],
+               "source": "threshold", "source_name": f"{opts['method']} {opts['fraction']}",
+               "volume_ml": les.volume_ml, "voxel_count": int(les.mask.sum()),
+               "frame_of_reference_key": ref.ct_row["frame_of_reference_key"],
+               **vol.geometry_columns(), "input_ids": [ref.spect_row["id"]]}
+        row["id"] = vol.content_hash(patient_id, name, ref.ct_row["id"], "threshold")
+        result.voi_rows.append(row)
+        out[name] = (vol, row["id"])
+    return out
+
+
+def _registration_row(patient_id: str, cycle: int, ref: TimePoint, tp: TimePoint,
+                      reg: registration.RegistrationResult, err: float, chash: str) -> dict:
+    return {"id": stable_hash("registration", ref.ct_row["id"], tp.ct_row["id"], chash),
+            "patient_id": patient_id, "cycle": cycle, "fixed_image_id": ref.ct_row["id"],
+            "moving_image_id": tp.ct_row["id"], "time_h": tp.time_h,
+            "ncc_before": reg.ncc_before, "ncc_after": reg.ncc_after,
+            "mi_before": reg.mi_before, "mi_after": reg.mi_after,
+            "jacobian_min": reg.jacobian_min, "jacobian_max": reg.jacobian_max,
+            "activity_error": err, "failed": reg.failed, "reasons": "; ".join(reg.reasons),
+            "input_ids": [ref.ct_row["id"], tp.ct_row["id"]], "params_hash": chash}
+
+
+def _write(lake: Lake, result: CycleResult, grid: Volume, method: str, chash: str,
+           points: list[TimePoint]) -> None:
+    inputs = [p.spect_row["id"] for p in points]
+    maps = []
+    for quantity, vol, units in (("tia", result.tia, "MBQH"), ("dose", result.dose, "GY")):
+        row = {"patient_id": result.patient_id, "cycle": result.cycle, "quantity": quantity,
+               "method": method if quantity == "dose" else "voxel-fit", "units": units,
+               "frame_of_reference_key": points[0].spect_row["frame_of_reference_key"],
+               **vol.geometry_columns(), "input_ids": inputs, "params_hash": chash}
+        # derived: the same inputs and settings give the same id (floating-point noise aside)
+        row["id"] = stable_hash("dose_map", result.patient_id, result.cycle, quantity, method,
+                                chash, inputs)
+        maps.append(row)
+    lake.append("vois", result.voi_rows)
+    lake.append("registrations", result.registration_rows)
+    lake.append("dose_maps", maps)
+    lake.append("tacs", result.tac_rows)
+    lake.append("organ_dosimetry", result.organ_rows)
+    log.info("patient %s cycle %d: %d VOIs, theralake %s", result.patient_id, result.cycle,
+             len(result.organ_rows), __version__)
