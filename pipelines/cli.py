@@ -74,17 +74,31 @@ def _cell(v: object) -> str:
 
 @app.command("export")
 def export_command(
-    out: Annotated[Path, typer.Option(help="output file (.nii.gz) or folder")],
-    image_id: Annotated[str, typer.Option(help="id of a row of images, vois or dose_maps")],
-    table: Annotated[str, typer.Option(help="images | vois | dose_maps")] = "images",
+    out: Annotated[Path, typer.Option(help="output folder (or .nii.gz file with --image-id)")],
+    image_id: Annotated[str | None, typer.Option(
+        help="id of a row of images, vois or dose_maps, written as NIfTI")] = None,
+    table: Annotated[str, typer.Option(help="table of --image-id")] = "images",
+    patient: Annotated[str | None, typer.Option(help="lake patient_id")] = None,
+    cycle: Annotated[int | None, typer.Option(help="cycle")] = None,
+    what: Annotated[str, typer.Option(help="dose | tia | vois")] = "dose",
+    fmt: Annotated[str, typer.Option("--format", help="nifti | rtdose | rtstruct")] = "nifti",
+    method: Annotated[str | None, typer.Option(help="dose method (default: latest)")] = None,
     lake: LakeOption = None,
 ) -> None:
-    """Export a voxel row of the lake to NIfTI."""
+    """Export a patient-cycle's dose, TIA or VOIs (NIfTI, RTDOSE, RTSTRUCT) or any voxel row."""
+    from theralake.pipelines.export import export
+
     try:
         the_lake = Lake(lake, create=False)
-        dest = out / f"{image_id[:16]}.nii.gz" if out.suffix not in (".gz", ".nii") else out
-        typer.echo(str(the_lake.export_nifti(image_id, dest, table=table)))
-    except LakeError as exc:
+        if image_id:
+            dest = out / f"{image_id[:16]}.nii.gz" if out.suffix not in (".gz", ".nii") else out
+            typer.echo(str(the_lake.export_nifti(image_id, dest, table=table)))
+            return
+        if patient is None or cycle is None:
+            raise LakeError("give --image-id, or --patient and --cycle")
+        paths = export(the_lake, patient, cycle, what, fmt, out, method)
+        typer.echo(f"wrote {len(paths)} files to {out}")
+    except (LakeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
 

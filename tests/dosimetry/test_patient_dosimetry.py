@@ -110,3 +110,26 @@ def test_pvc_requires_a_resolution():
 
     with pytest.raises(DosimetryError, match="fwhm_mm"):
         _pvc_tacs(np.zeros((2, 2, 2, 2)), {}, None, config, "x")
+
+
+def test_export_dose_and_vois_reopen_in_dicom_tools(cohort, result, tmp_path):
+    from theralake.pipelines.export import export
+
+    lake, pid, _, _ = cohort
+    export(lake, pid, 1, "dose", "rtdose", tmp_path / "dose")
+    export(lake, pid, 1, "vois", "rtstruct", tmp_path / "vois")
+    back = Lake(tmp_path / "back")
+    report = ingest(tmp_path / "dose", back, IngestOptions(show_progress=False), PSEUDO)
+    report2 = ingest(tmp_path / "vois", back, IngestOptions(show_progress=False), PSEUDO)
+    assert report.skipped == [] and report2.skipped == []
+    dose_row = back.read("images", "modality = 'RTDOSE'").iloc[0]
+    ours = lake.read("dose_maps", "quantity = 'dose'").iloc[0]
+    got, want = Volume.from_row(dose_row.to_dict()), Volume.from_row(ours.to_dict())
+    assert got.same_grid(want)
+    assert np.allclose(got.array, want.array, rtol=1e-5, atol=want.array.max() * 1e-8)
+    ref_ct = lake.read("images", "patient_id = ? AND cycle = 1 AND kind = 'ct'", [pid]
+                       ).sort_values("time_h").iloc[0]
+    original = lake.read("vois", "image_id = ? AND voi = 'liver'", [ref_ct.id]).iloc[0]
+    reread = back.read("vois", "voi = 'liver'").iloc[0]
+    assert np.array_equal(Volume.from_row(reread.to_dict()).array,
+                          Volume.from_row(original.to_dict()).array)
