@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -86,6 +87,12 @@ class CycleResult:
     dose: Volume | None = None
     tia: Volume | None = None
     fits: dict[str, kinetics.TacFit] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time went
+
+    def lap(self, step: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[step] = self.seconds.get(step, 0.0) + now - since
+        return now
 
 
 def _time_points(lake: Lake, patient_id: str, cycle: int) -> list[TimePoint]:
@@ -200,6 +207,7 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     ref = points[int(ref_index)]
     grid = ref.spect
     result = CycleResult(patient_id, cycle)
+    clock = time.perf_counter()
     # 1. activity maps aligned on the reference SPECT grid (MBq per voxel)
     maps = []
     for i, tp in enumerate(points):
@@ -216,11 +224,13 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
         maps.append(np.clip(conc.astype(np.float64), 0, None) * grid.voxel_volume_ml / 1e6)
     maps = np.stack(maps)
     times = np.array([tp.time_h for tp in points])
+    clock = result.lap("registration and resampling", clock)
     # 2. VOIs on the reference CT, carried to the dose grid
     vois = _vois(lake, patient_id, ref, config, label, result)
     density_ct = hu_to_density(ref.ct.array, tuple(map(tuple, config["hu_density_calibration"])))
     density = np.clip(_to_grid(ref.ct.like(density_ct.astype(np.float32)), grid, 0.001),
                       0.001, None)
+    clock = result.lap("VOIs and density", clock)
     # 3. voxel TIA and dose maps
     body = maps.max(axis=0) > config["voxel_min_activity_fraction"] * maps.max()
     vox = fit_voxel_tacs(times, maps, model=config["voxel_model"],
@@ -240,6 +250,7 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
         dose_map = vsv_dose(tia_map, kernel, density if method == "vsv-density" else None)
     result.tia, result.dose = grid.like(tia_map.astype(np.float32)), grid.like(
         dose_map.astype(np.float32))
+    clock = result.lap("voxel TIA and dose maps", clock)
     # 4. per VOI: TAC (partial-volume corrected if configured), fit, TIA, mass, dose, BED
     masks = {name: _mask_on(mask_ct, grid) for name, (mask_ct, _) in vois.items()}
     for name, mask in masks.items():
@@ -295,7 +306,9 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
             "fit_parameters": json.dumps(fit.as_dict()),
             "input_ids": [p.spect_row["id"] for p in points] + [voi_id],
             "params_hash": chash})
+    clock = result.lap("VOI TACs, fits, doses", clock)
     _write(lake, result, grid, method, chash, points)
+    result.lap("lake writes", clock)
     return result
 
 
