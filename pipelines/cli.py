@@ -14,6 +14,7 @@ from theralake.dosimetry.cli import register as register_dosimetry
 from theralake.ingest.cli import LakeOption
 from theralake.ingest.cli import register as register_ingest
 from theralake.lake import Lake, LakeError
+from theralake.modeling.segmentation_training import register as register_segmentation_training
 from theralake.synth.cli import register as register_synth
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -23,6 +24,7 @@ app = typer.Typer(help="theralake: image-based dosimetry for radiopharmaceutical
 register_ingest(app)
 register_dosimetry(app)
 register_synth(app)
+register_segmentation_training(app)
 
 
 @app.command("sql")

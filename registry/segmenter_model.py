@@ -1,0 +1,90 @@
+"""The organ segmenter as an MLflow ``pyfunc`` model.
+
+The logged model holds the segmenter's own files (``weights.pt`` + ``config.json``, as written
+by :meth:`OrganSegmenter.save`) as the artifact ``segmenter``; ``mlflow.pyfunc.load_model``
+gives a model whose ``predict`` takes a CT array and returns its label map::
+
+    model = mlflow.pyfunc.load_model("models:/organ-segmenter@champion")
+    labels = model.predict(ct_hu_zyx.astype("float32"),
+                           params={"spacing_mm": [sx, sy, sz], "origin_mm": [ox, oy, oz]})
+
+theralake itself loads the artifact folder directly with :meth:`OrganSegmenter.load`
+(``theralake.modeling.segmentation_training.load_segmenter``). Loading needs theralake installed
+(the wrapper is pickled by reference); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow.pyfunc  # noqa: E402
+import numpy as np  # noqa: E402
+
+ARTIFACT = "segmenter"
+IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+class OrganSegmenterModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: CT in HU, ``(z, y, x)`` float32 -> labels ``(z, y, x)`` uint8.
+
+    Params: ``spacing_mm`` and ``origin_mm`` as (x, y, z), ``direction`` as 9 row-major
+    numbers (defaults 1 mm, origin 0, identity). Labels are 0 background, then the organs of
+    the model's config (``organs`` in the registered version's tags) in order.
+    """
+
+    # the signature is given when logging: no type-hint validation (nor MLflow's warning)
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:  # noqa: ANN001 - mlflow PythonModelContext
+        from theralake.dosimetry.segmentation import OrganSegmenter
+
+        self.segmenter = OrganSegmenter.load(context.artifacts[ARTIFACT])
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        from theralake.lake import Volume
+
+        params = params or {}
+        if isinstance(model_input, dict):  # a named tensor
+            (model_input,) = model_input.values()
+        ct = Volume(np.asarray(model_input, dtype=np.float32),
+                    params.get("spacing_mm", [1.0, 1.0, 1.0]),
+                    params.get("origin_mm", [0.0, 0.0, 0.0]),
+                    np.asarray(params.get("direction", IDENTITY), dtype=float).reshape(3, 3))
+        return self.segmenter.predict(ct).array
+
+
+def signature():  # noqa: ANN201 - mlflow ModelSignature
+    """Input: a 3D float32 CT array; output: a 3D uint8 label array; geometry as params."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
+        params=ParamSchema([
+            ParamSpec("spacing_mm", "double", [1.0, 1.0, 1.0], (-1,)),
+            ParamSpec("origin_mm", "double", [0.0, 0.0, 0.0], (-1,)),
+            ParamSpec("direction", "double", IDENTITY, (-1,)),
+        ]),
+    )
+
+
+def input_example() -> tuple[np.ndarray, dict]:
+    """A tiny CT (air around a water cube, 10 mm voxels) with its geometry params."""
+    ct = np.full((8, 8, 8), -1000.0, np.float32)
+    ct[2:6, 2:6, 2:6] = 0.0
+    return ct, {"spacing_mm": [10.0, 10.0, 10.0], "origin_mm": [0.0, 0.0, 0.0]}
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the model (given explicitly: MLflow's inference is slow)."""
+    out = []
+    for dist in ("theralake", "torch", "monai", "SimpleITK", "numpy", "scipy", "mlflow"):
+        try:
+            out.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            out.append(dist)
+    return out

@@ -1,0 +1,176 @@
+"""MLflow tracking and model registry for a lake.
+
+By default every lake carries its own MLflow store: ``<lake>/mlflow/mlflow.db`` (SQLite: runs,
+metrics and the model registry) and ``<lake>/mlflow/artifacts`` (logged files and models). Set
+``MLFLOW_TRACKING_URI`` (and optionally ``MLFLOW_REGISTRY_URI``) to use a server instead; then
+the server decides where artifacts go.
+
+Usage (any training code)::
+
+    from theralake.registry.tracking import start_run
+
+    with start_run(lake, "survival", run_name="coxph") as run:
+        mlflow.log_params(...)
+        mlflow.log_metrics(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+from mlflow.entities.model_registry import ModelVersion  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+__all__ = ["ModelNotFoundError", "artifact_root", "client", "download_model", "experiment_id",
+           "lake_store_uri", "mlflow_dir", "model_version", "registry_uri",
+           "start_run", "tracking_uri", "use_lake"]
+
+
+def _lake_path(lake: object) -> Path:
+    """A :class:`~theralake.lake.Lake` or a lake folder, as an absolute path."""
+    return Path(getattr(lake, "path", lake)).resolve()  # type: ignore[arg-type]
+
+
+def mlflow_dir(lake: object) -> Path:
+    """The lake's MLflow folder (``<lake>/mlflow``)."""
+    return _lake_path(lake) / "mlflow"
+
+
+def artifact_root(lake: object) -> str:
+    """URI of the lake's artifact folder (``file:///<lake>/mlflow/artifacts``)."""
+    return (mlflow_dir(lake) / "artifacts").as_uri()
+
+
+def lake_store_uri(lake: object) -> str:
+    """URI of the lake's own SQLite store (``sqlite:///<lake>/mlflow/mlflow.db``)."""
+    return f"sqlite:///{(mlflow_dir(lake) / 'mlflow.db').as_posix()}"
+
+
+def tracking_uri(lake: object) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the lake's SQLite store (its folder is created).
+
+    Args:
+        lake: a :class:`~theralake.lake.Lake` or the path of a lake folder.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    (mlflow_dir(lake) / "artifacts").mkdir(parents=True, exist_ok=True)
+    return lake_store_uri(lake)
+
+
+def registry_uri(lake: object) -> str:
+    """``$MLFLOW_REGISTRY_URI`` if set, else the tracking URI (same store)."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri(lake)
+
+
+def client(lake: object) -> MlflowClient:
+    """An :class:`MlflowClient` on the lake's tracking store and model registry."""
+    return MlflowClient(tracking_uri=tracking_uri(lake), registry_uri=registry_uri(lake))
+
+
+def experiment_id(lake: object, experiment: str) -> str:
+    """Id of the named experiment, created if missing (artifacts under the lake's folder when
+    the lake's own store is used)."""
+    c = client(lake)
+    found = c.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_root(lake) if tracking_uri(lake) == lake_store_uri(lake) else None
+    try:
+        return c.create_experiment(experiment, artifact_location=location)
+    except MlflowException:  # created meanwhile by another process
+        found = c.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def use_lake(lake: object) -> Iterator[str]:
+    """Point MLflow's process-wide (fluent) tracking and registry URIs to the lake's store for
+    the duration of the block, then restore them (and the environment variables MLflow sets)
+    so that several lakes can be used in one process. Yields the tracking URI."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {k: os.environ.get(k) for k in _URI_VARIABLES}
+    previous = (getattr(tracking_utils, "_tracking_uri", None),
+                getattr(registry_utils, "_registry_uri", None))
+    uri, reg = tracking_uri(lake), registry_uri(lake)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(reg)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])  # type: ignore[arg-type]
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def start_run(lake: object, experiment: str, run_name: str | None = None,
+              tags: dict[str, str] | None = None) -> Iterator[Run]:
+    """A fluent MLflow run in the lake's store: ``mlflow.log_*`` and ``mlflow.<flavor>.log_model``
+    calls inside the block go to it (experiment created if missing)."""
+    with use_lake(lake):
+        exp = experiment_id(lake, experiment)
+        with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:
+            yield run
+
+
+class ModelNotFoundError(LookupError):
+    """No registered model (or no version under the alias) in the registry."""
+
+
+def model_version(lake: object, name: str, alias: str) -> ModelVersion:
+    """The registered model version that ``name@alias`` points to.
+
+    Raises:
+        ModelNotFoundError: the model is not registered or has no such alias (the message
+            lists the aliases it has).
+    """
+    c = client(lake)
+    where = f"in the model registry at {registry_uri(lake)}"
+    try:
+        model = c.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ModelNotFoundError(f"no registered model {name!r} {where}") from None
+    aliases = dict(getattr(model, "aliases", None) or {})
+    if alias not in aliases:
+        have = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items())) or "none"
+        raise ModelNotFoundError(f"registered model {name!r} has no alias {alias!r} {where} "
+                                 f"(its aliases: {have})")
+    return c.get_model_version_by_alias(name, alias)
+
+
+def download_model(lake: object, name: str, alias: str, dst: str | Path
+                   ) -> tuple[Path, ModelVersion]:
+    """Download the MLflow model ``name@alias`` into the folder ``dst``.
+
+    Returns the model's folder and the version the alias pointed to (resolved once).
+    """
+    version = model_version(lake, name, alias)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    with use_lake(lake):
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version.version}", dst_path=str(dst))
+    return Path(path), version
