@@ -32,7 +32,9 @@ def run_demo(lake_path: Path | None = None) -> None:
         report = ingest(folder, lake, IngestOptions())
     console.print(report.summary())
     console.print(f"lake: {lake.path}")
-    console.print(lake.counts())
+    console.print({table: n for table, n in lake.counts().items() if n})
     console.print(lake.sql("SELECT patient_id, modality, kind, units, shape, spacing_mm, "
-                           "origin_mm FROM images ORDER BY modality"))
-    console.print(lake.sql("SELECT patient_id, voi, source, voxel_count, volume_ml FROM vois"))
+                           "origin_mm FROM images ORDER BY modality").to_string(index=False))
+    console.print(lake.sql("SELECT patient_id, voi, source, voxel_count, round(volume_ml, 2) "
+                           "AS volume_ml FROM vois").to_string(index=False))
+    console.print('next: theralake sql "SELECT * FROM images" --lake ' + str(lake.path))
