@@ -115,13 +115,21 @@ def register_ct(fixed: Volume, moving: Volume, preset: dict | None = None,
     jac = jacobian_determinant(transform, fixed)
     result = RegistrationResult(transform, ncc0, ncc1, mi0, mi1, float(jac.min()),
                                 float(jac.max()))
-    q = preset["quality"]
-    if ncc1 < ncc0 - 0.01:
-        result.reasons.append(f"NCC fell from {ncc0:.3f} to {ncc1:.3f}")
-    if result.jacobian_min < q["min_jacobian"] or result.jacobian_max > q["max_jacobian"]:
+    flag_quality(result, preset["quality"])
+    return result
+
+
+def flag_quality(result: RegistrationResult, quality: dict, extra: list[str] | None = None
+                 ) -> RegistrationResult:
+    """Flag a registration that lowered NCC or folded space (thresholds from the preset)."""
+    if result.ncc_after < result.ncc_before - 0.01:
+        result.reasons.append(f"NCC fell from {result.ncc_before:.3f} to {result.ncc_after:.3f}")
+    result.reasons.extend(extra or [])
+    if result.jacobian_min < quality["min_jacobian"] or \
+            result.jacobian_max > quality["max_jacobian"]:
         result.reasons.append(f"Jacobian range {result.jacobian_min:.2f}-"
-                              f"{result.jacobian_max:.2f} outside {q['min_jacobian']}-"
-                              f"{q['max_jacobian']}")
+                              f"{result.jacobian_max:.2f} outside {quality['min_jacobian']}-"
+                              f"{quality['max_jacobian']}")
     result.failed = bool(result.reasons)
     if result.failed:
         log.warning("registration flagged: %s", "; ".join(result.reasons))

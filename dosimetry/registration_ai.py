@@ -278,20 +278,10 @@ class AiRegistration:
             transform, ncc0, ncc1, mi0, mi1, float(jac.min()), float(jac.max()), rigid=rigid,
             ncc_rigid=ncc_r, displacement_mm=disp.astype(np.float32),
             working_grid=grid.like(f))
+        extra = [f"learned stage lowered NCC from {ncc_r:.3f} (rigid) to {ncc1:.3f}: the "
+                 "pair may lie outside the training data"] if ncc1 < ncc_r - 0.01 else []
         q = (self.preset or registration.load_preset())["quality"]
-        if ncc1 < ncc0 - 0.01:
-            result.reasons.append(f"NCC fell from {ncc0:.3f} to {ncc1:.3f}")
-        if ncc1 < ncc_r - 0.01:
-            result.reasons.append(f"learned stage lowered NCC from {ncc_r:.3f} (rigid) to "
-                                  f"{ncc1:.3f}: the pair may lie outside the training data")
-        if result.jacobian_min < q["min_jacobian"] or result.jacobian_max > q["max_jacobian"]:
-            result.reasons.append(f"Jacobian range {result.jacobian_min:.2f}-"
-                                  f"{result.jacobian_max:.2f} outside {q['min_jacobian']}-"
-                                  f"{q['max_jacobian']}")
-        result.failed = bool(result.reasons)
-        if result.failed:
-            log.warning("ai registration flagged: %s", "; ".join(result.reasons))
-        return result
+        return registration.flag_quality(result, q, extra)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
