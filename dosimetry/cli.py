@@ -134,19 +134,27 @@ def dosimetry(
     patient: str | None = typer.Option(None, help="lake patient_id (default: every patient)"),
     cycle: int | None = typer.Option(None, help="cycle (default: every cycle with SPECT)"),
     method: str | None = typer.Option(None, help="ldm | vsv | vsv-density | organ-s"),
-    registration: str | None = typer.Option(None, help="deformable | rigid | none"),
+    registration: str | None = typer.Option(
+        None, help="deformable | rigid | none | ai (a model trained by train-reg)"),
     config: Path | None = typer.Option(None, help="YAML settings (see the packaged default)"),
     lake: Path | None = typer.Option(None, help="lake folder"),
 ) -> None:
     """Image-based dosimetry of patient-cycles: registration, VOIs, TACs, TIA, dose, BED."""
     from rich.progress import Progress
 
-    from theralake.dosimetry.patient import DosimetryError, load_config, record_config, run_cycle
+    from theralake.dosimetry.patient import (
+        DosimetryError,
+        load_config,
+        record_config,
+        resolve_config,
+        run_cycle,
+    )
     from theralake.lake import Lake
 
     the_lake = Lake(lake, create=False)
     try:
-        settings = load_config(config, method=method, registration=registration)
+        settings = resolve_config(the_lake, load_config(config, method=method,
+                                                        registration=registration))
     except DosimetryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -24,6 +24,13 @@ def spread(occupancy: np.ndarray, fwhm_mm: float, voxel_mm) -> np.ndarray:
     return ndimage.gaussian_filter(np.asarray(occupancy, dtype=np.float64), sigma, mode="constant")
 
 
+def _support(occupancy: np.ndarray, margin: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of a region's non-zero voxels widened by ``margin`` voxels."""
+    nz = np.nonzero(occupancy)
+    return tuple(slice(max(int(a.min()) - int(m), 0), min(int(a.max()) + int(m) + 1, n))
+                 for a, m, n in zip(nz, margin, occupancy.shape, strict=True))
+
+
 def transfer_matrix(occupancy: Mapping[str, np.ndarray], fwhm_mm: float, voxel_mm
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The GTM ``W`` (rows: measured regions, columns: sources) and the measurement masks."""
@@ -33,10 +40,13 @@ def transfer_matrix(occupancy: Mapping[str, np.ndarray], fwhm_mm: float, voxel_m
         if not d.any():
             raise ValueError(f"region {n} covers no voxel by half or more")
     w = np.zeros((len(names), len(names)))
+    sigma = fwhm_mm * FWHM_TO_SIGMA / np.asarray(voxel_mm, dtype=float)[::-1]
+    counts = {n: d.sum() for n, d in domains.items()}
     for j, n in enumerate(names):
-        rsf = spread(occupancy[n], fwhm_mm, voxel_mm)
+        box = _support(occupancy[n], np.ceil(4 * sigma).astype(int))  # the RSF's support
+        rsf = spread(occupancy[n][box], fwhm_mm, voxel_mm)
         for i, m in enumerate(names):
-            w[i, j] = rsf[domains[m]].mean()
+            w[i, j] = rsf[domains[m][box]].sum() / counts[m]
     return w, domains
 
 

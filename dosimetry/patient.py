@@ -3,6 +3,7 @@ time-activity curves, TIA, dose maps, organ and lesion doses, BED -> the lake.""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 import torch
 import yaml
 
@@ -24,12 +24,14 @@ from theralake.dosimetry.kernels import voxel_s_kernel
 from theralake.dosimetry.lesions import segment_lesions
 from theralake.dosimetry.nuclides import get_nuclide
 from theralake.dosimetry.sphere import sphere_self_s
+from theralake.dosimetry.voi_activity import mask_on, to_grid, voi_activities_mbq
 from theralake.dosimetry.voxel_kinetics import fit_voxel_tacs
 from theralake.lake import Lake, Volume, stable_hash
 
 log = logging.getLogger(__name__)
 
 METHODS = ("ldm", "vsv", "vsv-density", "organ-s")
+REGISTRATIONS = ("deformable", "rigid", "none", "ai")
 S_PER_H = 3600.0
 
 
@@ -46,11 +48,51 @@ def load_config(path: str | Path | None = None, **overrides: object) -> dict:
         unknown = set(user) - set(config)
         if unknown:
             raise DosimetryError(f"{path}: unknown settings {sorted(unknown)}")
-        config.update(user)
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    if config["method"] not in METHODS:
-        raise DosimetryError(f"unknown method {config['method']!r}; one of {', '.join(METHODS)}")
+        _merge(config, user)
+    _merge(config, {k: v for k, v in overrides.items() if v is not None})
+    _check_config(config)
     return config
+
+
+def _check_config(config: dict) -> None:
+    choices = {"method": METHODS, "registration": REGISTRATIONS, "tac_vois": ("own", "reference")}
+    for key, allowed in choices.items():
+        if config[key] not in allowed:
+            raise DosimetryError(f"unknown {key} {config[key]!r}; one of {', '.join(allowed)}")
+    pv = config.get("partial_volume") or {}
+    if pv.get("method", "none") not in ("none", "gtm"):
+        raise DosimetryError(f"unknown partial_volume method {pv['method']!r}; none or gtm")
+    if pv.get("method") == "gtm" and not (pv.get("fwhm_mm") or 0) > 0:
+        raise DosimetryError("partial_volume gtm needs the SPECT resolution fwhm_mm (> 0)")
+
+
+def _merge(config: dict, update: dict) -> None:
+    """Update settings in place; nested sections are merged key by key."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
+
+
+def resolve_config(lake: Lake, config: dict) -> dict:
+    """The settings with what they depend on pinned: for ``registration: ai``, the model folder
+    (default: the lake's, from ``theralake train-reg``) and its weights' SHA-256.
+
+    Raises:
+        DosimetryError: ``ai`` registration without a trained model.
+    """
+    if config["registration"] != "ai" or config.get("registration_model_sha256"):
+        return config
+    from theralake.modeling.registration_training import default_model_dir, weights_sha256
+
+    folder = Path(config.get("registration_model") or default_model_dir(lake)).resolve()
+    try:
+        sha = weights_sha256(folder)
+    except OSError as exc:
+        raise DosimetryError(f"registration 'ai' needs a trained model in {folder}: run "
+                             "theralake train-reg, or set registration_model") from exc
+    return {**config, "registration_model": str(folder), "registration_model_sha256": sha}
 
 
 def config_hash(config: dict) -> str:
@@ -130,24 +172,6 @@ def _extent(vol: Volume) -> tuple[np.ndarray, np.ndarray]:
     return world.min(axis=0), world.max(axis=0)
 
 
-def _to_grid(vol: Volume, grid: Volume, default: float = 0.0) -> np.ndarray:
-    """Resample a volume (linear) onto another grid of the same frame of reference."""
-    src = sitk.Cast(vol.to_sitk(), sitk.sitkFloat32)
-    out = sitk.Resample(src, grid.to_sitk(), sitk.Transform(), sitk.sitkLinear, default,
-                        sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
-
-
-def _mask_on(mask: Volume, grid: Volume) -> np.ndarray:
-    """A CT-grid mask on the dose grid: occupancy >= 0.5 (a VOI smaller than a dose voxel
-    keeps its most occupied voxel; one outside the grid comes back empty)."""
-    occupancy = _to_grid(mask, grid)
-    out = occupancy >= 0.5
-    if not out.any() and occupancy.max() > 0:
-        out = occupancy == occupancy.max()
-    return out
-
-
 def _exponential_terms(fit: kinetics.TacFit) -> tuple[list[float], list[float]]:
     """The fitted TAC as Σ c_i exp(-a_i t) (for the Lea-Catcheside factor)."""
     p = fit.params
@@ -186,7 +210,7 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
         DosimetryError: too few time points, no CT, SPECT and CT not overlapping, VOIs
             outside the SPECT field of view, empty masks.
     """
-    config = config or load_config()
+    config = resolve_config(lake, config or load_config())
     label = f"patient {patient_id} cycle {cycle}"
     chash = config_hash(config)
     points = _time_points(lake, patient_id, cycle)
@@ -202,9 +226,9 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
         raise DosimetryError(f"{label}: no therapy administration")
     activity_mbq = float(admin.iloc[0].activity_mbq)
     nuclide = get_nuclide(str(points[0].spect_row.get("nuclide") or admin.iloc[0].nuclide))
-    ref_index = {"first": 0, "last": len(points) - 1}.get(config["reference_time_point"],
-                                                          config["reference_time_point"])
-    ref = points[int(ref_index)]
+    ref_index = int({"first": 0, "last": len(points) - 1}.get(
+        config["reference_time_point"], config["reference_time_point"]))
+    ref = points[ref_index]
     grid = ref.spect
     result = CycleResult(patient_id, cycle)
     clock = time.perf_counter()
@@ -212,11 +236,10 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     maps = []
     for i, tp in enumerate(points):
         if i == ref_index or config["registration"] == "none":
-            conc = _to_grid(tp.spect, grid) if not tp.spect.same_grid(grid) else \
+            conc = to_grid(tp.spect, grid) if not tp.spect.same_grid(grid) else \
                 tp.spect.array.astype(np.float32)
         else:
-            reg = registration.register_ct(ref.ct, tp.ct,
-                                           deformable=config["registration"] == "deformable")
+            reg = _register(ref.ct, tp.ct, config)
             moved, err = registration.resample_activity(tp.spect, reg.transform, grid)
             conc = moved.array
             result.registration_rows.append(_registration_row(
@@ -228,7 +251,7 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     # 2. VOIs on the reference CT, carried to the dose grid
     vois = _vois(lake, patient_id, ref, config, label, result)
     density_ct = hu_to_density(ref.ct.array, tuple(map(tuple, config["hu_density_calibration"])))
-    density = np.clip(_to_grid(ref.ct.like(density_ct.astype(np.float32)), grid, 0.001),
+    density = np.clip(to_grid(ref.ct.like(density_ct.astype(np.float32)), grid, 0.001),
                       0.001, None)
     clock = result.lap("VOIs and density", clock)
     # 3. voxel TIA and dose maps
@@ -246,22 +269,24 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
         if not np.allclose(voxel_mm, voxel_mm[0], rtol=1e-3):
             raise DosimetryError(f"{label}: voxel S-value kernels need cubic voxels, SPECT "
                                  f"has {tuple(voxel_mm)} mm")
-        kernel = voxel_s_kernel(nuclide.name, float(voxel_mm[0]), int(config["kernel_size"]))
+        kernel = voxel_s_kernel(nuclide.name, float(voxel_mm[0]), int(config["kernel_size"]),
+                                density_g_cm3=float(config["kernel_density_g_cm3"]))
         dose_map = vsv_dose(tia_map, kernel, density if method == "vsv-density" else None)
     result.tia, result.dose = grid.like(tia_map.astype(np.float32)), grid.like(
         dose_map.astype(np.float32))
     clock = result.lap("voxel TIA and dose maps", clock)
     # 4. per VOI: TAC (partial-volume corrected if configured), fit, TIA, mass, dose, BED
-    masks = {name: _mask_on(mask_ct, grid) for name, (mask_ct, _) in vois.items()}
+    masks = {name: mask_on(mask_ct, grid) for name, (mask_ct, _) in vois.items()}
     for name, mask in masks.items():
         if not mask.any():
             raise DosimetryError(f"{label}: VOI {name} is empty on the SPECT grid (outside "
                                  "its field of view?)")
-    corrected = _pvc_tacs(maps, vois, grid, config, label)
+    measured = _voi_tacs(lake, points, maps, ref_index, vois, config, label)
+    earlier = _earlier_bed(lake, patient_id, cycle, method)
     for name, (mask_ct, voi_id) in vois.items():
         mask = masks[name]
         raw_tac = maps[:, mask].sum(axis=1)
-        tac = corrected.get(name, raw_tac)
+        tac = measured[name]
         if name.startswith("lesion_") and config["recovery_coefficients"]:
             tac = tac / _recovery(config["recovery_coefficients"], mask_ct.array.sum()
                                   * mask_ct.voxel_volume_ml)
@@ -273,7 +298,7 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
         # with partial-volume correction the VOI's voxel doses are scaled so that the energy
         # is the corrected TIA's and the mass the VOI's true (CT-grid) mass: D = E / m
         recovery = 1.0
-        if name in corrected:
+        if not np.allclose(tac, raw_tac, rtol=1e-9):
             raw_tia = kinetics.select_tac_model(
                 times, raw_tac, tuple(config["tac_models"]),
                 decay_constant_per_h=nuclide.decay_constant_per_h).chosen.tia_mbq_h
@@ -302,7 +327,10 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
             "tia_sigma_mbq_h": fit.tia_sd_mbq_h if np.isfinite(fit.tia_sd_mbq_h) else None,
             "absorbed_dose_gy": dose_gy, "max_dose_gy": max_gy,
             "dose_per_activity_gy_per_gbq": dose_gy / (activity_mbq / 1000.0),
-            "bed_gy": bed, "eqd2_gy": eqd2, "fit_model": fit.model,
+            "bed_gy": bed, "eqd2_gy": eqd2,
+            "cumulative_bed_gy": bed + earlier.get(name, (0.0, 0.0))[0],
+            "cumulative_eqd2_gy": eqd2 + earlier.get(name, (0.0, 0.0))[1],
+            "fit_model": fit.model,
             "fit_parameters": json.dumps(fit.as_dict()),
             "input_ids": [p.spect_row["id"] for p in points] + [voi_id],
             "params_hash": chash})
@@ -312,42 +340,72 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     return result
 
 
-def _pvc_tacs(maps: np.ndarray, vois: dict[str, tuple[Volume, str]], grid: Volume,
-              config: dict, label: str) -> dict[str, np.ndarray]:
-    """Partial-volume corrected TACs (MBq) of every VOI but the body, by the GTM method.
+def _earlier_bed(lake: Lake, patient_id: str, cycle: int, method: str
+                 ) -> dict[str, tuple[float, float]]:
+    """Per VOI, BED and EQD2 summed over the earlier cycles in the lake (the newest result
+    of each cycle for this method)."""
+    rows = lake.sql(
+        "SELECT voi, SUM(bed_gy) AS bed, SUM(eqd2_gy) AS eqd2 FROM ("
+        " SELECT voi, cycle, bed_gy, eqd2_gy, row_number() OVER (PARTITION BY voi, cycle"
+        "  ORDER BY created_utc DESC) AS k FROM organ_dosimetry"
+        " WHERE patient_id = ? AND cycle < ? AND method = ?) WHERE k = 1 GROUP BY voi",
+        [patient_id, cycle, method])
+    return {r.voi: (float(r.bed), float(r.eqd2)) for r in rows.itertuples()}
 
-    Regions are made disjoint on the CT grid (lesions over organs, the body's remainder
-    last), carried to the SPECT grid as occupancy fractions, and solved per time point.
+
+def _register(fixed: Volume, moving: Volume, config: dict) -> registration.RegistrationResult:
+    if config["registration"] == "ai":
+        return _ai_model(config["registration_model"],
+                         config["registration_model_sha256"]).register(fixed, moving)
+    return registration.register_ct(fixed, moving,
+                                    deformable=config["registration"] == "deformable")
+
+
+@functools.lru_cache(maxsize=2)
+def _ai_model(folder: str, sha256: str):  # noqa: ANN202 (torch model, imported lazily)
+    """A trained AI registration, loaded once per folder and weights hash."""
+    from theralake.dosimetry.registration_ai import AiRegistration
+
+    return AiRegistration.load(folder)
+
+
+def _voi_tacs(lake: Lake, points: list[TimePoint], maps: np.ndarray, ref_index: int,
+              vois: dict[str, tuple[Volume, str]], config: dict, label: str
+              ) -> dict[str, np.ndarray]:
+    """Activity (MBq) per VOI and time point, partial-volume corrected when configured.
+
+    With ``tac_vois: own`` a time point whose CT carries every VOI (per-time-point contours
+    or AI segmentation) is measured on its own SPECT with its own VOIs, free of registration
+    error; otherwise, and with ``tac_vois: reference``, on the registered map with the
+    reference VOIs.
     """
-    pv = config.get("partial_volume") or {}
-    if pv.get("method", "none") == "none":
-        return {}
-    if pv["method"] != "gtm" or not pv.get("fwhm_mm"):
-        raise DosimetryError(f"{label}: partial_volume needs method gtm and fwhm_mm")
-    names = sorted((n for n in vois if n != "body"), key=lambda n: n.startswith("lesion_"))
-    ct_grid = next(iter(vois.values()))[0]
-    taken = np.zeros(ct_grid.array.shape, bool)
-    fine: dict[str, np.ndarray] = {}
-    for name in reversed(names):  # lesions first: they keep their voxels
-        m = vois[name][0].array.astype(bool) & ~taken
-        fine[name] = m
-        taken |= m
-    if "body" in vois:
-        fine["remainder"] = vois["body"][0].array.astype(bool) & ~taken
-    occupancy = {n: np.clip(_to_grid(ct_grid.like(m.astype(np.float32)), grid), 0, 1)
-                 .astype(np.float64) for n, m in fine.items()}
-    occupancy = {n: o for n, o in occupancy.items() if (o >= 0.5).any()}
-    from theralake.dosimetry.partial_volume import gtm_concentrations, transfer_matrix
+    names = list(vois)
+    out = {n: np.zeros(len(points)) for n in names}
+    for i, tp in enumerate(points):
+        image, grid = maps[i], points[ref_index].spect
+        masks = {n: v for n, (v, _) in vois.items()}
+        if config["tac_vois"] == "own" and i != ref_index:
+            own = _own_vois(lake, tp, names)
+            if own is not None:
+                image = np.clip(tp.spect.array.astype(np.float64), 0, None) \
+                    * tp.spect.voxel_volume_ml / 1e6
+                grid, masks = tp.spect, own
+        try:
+            activity = voi_activities_mbq(image, grid, masks, config.get("partial_volume"))
+        except ValueError as exc:
+            raise DosimetryError(f"{label}, time point {tp.time_h:.1f} h: {exc}") from exc
+        for n in names:
+            out[n][i] = activity[n]
+    return out
 
-    matrix = transfer_matrix(occupancy, float(pv["fwhm_mm"]), grid.spacing_mm)
-    out = {n: np.zeros(len(maps)) for n in occupancy}
-    volume_ml = {n: float(fine[n].sum()) * ct_grid.voxel_volume_ml for n in occupancy}
-    for t, activity in enumerate(maps):  # MBq per voxel -> MBq/mL
-        c = gtm_concentrations(activity / grid.voxel_volume_ml, occupancy, float(pv["fwhm_mm"]),
-                               grid.spacing_mm, matrix)
-        for n in occupancy:
-            out[n][t] = max(c[n], 0.0) * volume_ml[n]
-    return {n: v for n, v in out.items() if n in vois}
+
+def _own_vois(lake: Lake, tp: TimePoint, names: list[str]) -> dict[str, Volume] | None:
+    """The VOIs of a time point's own CT, when it has every one of ``names``."""
+    rows = lake.read("vois", "image_id = ?", [tp.ct_row["id"]]).drop_duplicates("voi")
+    rows = rows[rows.voi.isin(names)]
+    if set(rows.voi) != set(names):
+        return None
+    return {r.voi: Volume.from_row(r.to_dict()) for _, r in rows.iterrows()}
 
 
 def _recovery(path: str, volume_ml: float) -> float:
@@ -392,7 +450,7 @@ def _vois(lake: Lake, patient_id: str, ref: TimePoint, config: dict, label: str,
 
 def _threshold_lesions(patient_id: str, ref: TimePoint, organs: dict[str, tuple[Volume, str]],
                        config: dict, result: CycleResult) -> dict[str, tuple[Volume, str]]:
-    spect_on_ct = ref.ct.like(_to_grid(ref.spect, ref.ct).clip(0, None))
+    spect_on_ct = ref.ct.like(to_grid(ref.spect, ref.ct).clip(0, None))
     exclude = np.zeros(ref.ct.array.shape, bool)
     for name, (vol, _) in organs.items():
         if name != "body":

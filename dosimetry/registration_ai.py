@@ -558,6 +558,8 @@ def _antialias(img: sitk.Image, spacing_mm: float) -> sitk.Image:
     sigmas = [0.5 * math.sqrt(max(spacing_mm ** 2 - s ** 2, 0.0)) for s in img.GetSpacing()]
     if max(sigmas) < 0.25 * min(img.GetSpacing()):
         return img
+    # an axis already as coarse as the target keeps a negligible (but valid, > 0) sigma
+    sigmas = [max(sg, 0.01 * s) for sg, s in zip(sigmas, img.GetSpacing(), strict=True)]
     return sitk.SmoothingRecursiveGaussian(img, sigmas)
 
 

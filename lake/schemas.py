@@ -120,6 +120,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("dose_per_activity_gy_per_gbq", _f64),
         pa.field("bed_gy", _f64),
         pa.field("eqd2_gy", _f64),
+        # sums over this cycle and the earlier cycles in the lake (same VOI and method)
+        pa.field("cumulative_bed_gy", _f64),
+        pa.field("cumulative_eqd2_gy", _f64),
         pa.field("fit_model", _str),
         pa.field("fit_parameters", _str),  # JSON
         LINEAGE_COLUMNS,

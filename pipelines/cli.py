@@ -14,6 +14,7 @@ from theralake.dosimetry.cli import register as register_dosimetry
 from theralake.ingest.cli import LakeOption
 from theralake.ingest.cli import register as register_ingest
 from theralake.lake import Lake, LakeError
+from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
 from theralake.synth.cli import register as register_synth
 
@@ -25,6 +26,7 @@ register_ingest(app)
 register_dosimetry(app)
 register_synth(app)
 register_segmentation_training(app)
+register_registration_training(app)
 
 
 @app.command("sql")

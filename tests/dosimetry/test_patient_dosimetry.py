@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from theralake.dosimetry import registration
-from theralake.dosimetry.patient import DosimetryError, load_config, run_cycle
+from theralake.dosimetry.patient import DosimetryError, config_hash, load_config, run_cycle
 from theralake.ingest.pseudonym import Pseudonymizer
 from theralake.ingest.runner import IngestOptions, ingest
 from theralake.lake import Lake, Volume
@@ -25,53 +25,66 @@ def cohort(tmp_path_factory):
     assert ingest(out, lake, IngestOptions(show_progress=False), PSEUDO).skipped == []
     truth = pd.read_parquet(out / "truth" / "dosimetry.parquet")
     fwhm = float(pd.read_parquet(out / "truth" / "patients.parquet").spect_fwhm_mm.iloc[0])
-    return lake, PSEUDO.patient_id("SYN0001"), truth, fwhm
+    vois = pd.read_parquet(out / "truth" / "vois.parquet")
+    volumes = vois[vois.cycle == 1].set_index("voi").volume_ml
+    return lake, PSEUDO.patient_id("SYN0001"), truth, fwhm, volumes
+
+
+def _config(fwhm: float, method: str) -> dict:
+    return load_config(registration="rigid", method=method, voxel_model="mono",
+                       partial_volume={"method": "gtm", "fwhm_mm": fwhm})
 
 
 @pytest.fixture(scope="module")
 def result(cohort):
-    lake, pid, _, fwhm = cohort
-    config = load_config(registration="rigid", method="ldm", voxel_model="mono")
-    config["partial_volume"] = {"method": "gtm", "fwhm_mm": fwhm}
+    lake, pid, _, fwhm, _ = cohort
+    config = _config(fwhm, "ldm")
     return run_cycle(lake, pid, 1, config), config
 
 
-def _errors(result, truth) -> pd.DataFrame:
-    ours = pd.DataFrame(result[0].organ_rows)
+def _errors(rows, truth, volumes) -> pd.DataFrame:
+    ours = pd.DataFrame(rows)
     merged = ours.merge(truth[truth.cycle == 1], on="voi", suffixes=("", "_true"))
     merged["tia_err"] = merged.tia_mbq_h / merged.tia_mbq_h_true - 1
     merged["dose_err"] = merged.absorbed_dose_gy / merged.absorbed_dose_gy_true - 1
+    merged["volume_ml_true"] = merged.voi.map(volumes)
     return merged.set_index("voi")
 
 
-def test_organ_tia_and_dose_against_truth(cohort, result):
-    err = _errors(result, cohort[2])
-    # measured on this phantom: body, liver and spleen within 10 %; kidneys are still
-    # biased low by the cortex/medulla contrast that a uniform-region PVC cannot restore
-    for voi in ("body", "liver", "spleen"):
+ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
+
+
+@pytest.mark.parametrize("method", ["ldm", "vsv"])
+def test_organ_and_lesion_tia_and_dose_against_truth(cohort, result, method):
+    lake, pid, truth, fwhm, volumes = cohort
+    rows = result[0].organ_rows if method == "ldm" else \
+        run_cycle(lake, pid, 1, _config(fwhm, method)).organ_rows
+    err = _errors(rows, truth, volumes)
+    # the issue's bars: organ TIA and dose within 10 %, lesions of 5 mL or more within 20 %
+    for voi in ORGANS:
         assert abs(err.loc[voi, "tia_err"]) < 0.10, (voi, err.loc[voi, "tia_err"])
-    for voi in ("liver", "spleen"):
-        assert abs(err.loc[voi, "dose_err"]) < 0.10, (voi, err.loc[voi, "dose_err"])
-    for voi in ("kidney_left", "kidney_right"):
-        assert abs(err.loc[voi, "tia_err"]) < 0.25, (voi, err.loc[voi, "tia_err"])
-        assert abs(err.loc[voi, "dose_err"]) < 0.25, (voi, err.loc[voi, "dose_err"])
-    assert (err.mass_g / err.mass_g_true - 1).abs().loc[["liver", "spleen", "kidney_left"]].max() \
-        < 0.03
+        assert abs(err.loc[voi, "dose_err"]) < 0.10, (voi, method, err.loc[voi, "dose_err"])
+    lesions = err[err.index.str.startswith("lesion_") & (err.volume_ml_true >= 5.0)]
+    assert len(lesions) >= 1
+    assert (lesions.tia_err.abs() < 0.20).all(), lesions.tia_err
+    assert abs(err.loc["body", "tia_err"]) < 0.05
+    assert (err.mass_g / err.mass_g_true - 1).abs().loc[list(ORGANS)].max() < 0.03
 
 
 def test_lake_rows_are_complete_and_idempotent(cohort, result):
-    lake, pid, _, _ = cohort
+    lake, pid = cohort[:2]
     res, config = result
     n_tp = len(lake.read("images", "patient_id = ? AND kind = 'spect' AND cycle = 1", [pid]))
-    counts = lake.counts()
-    assert counts["tacs"] == n_tp * len(res.organ_rows)
-    assert counts["dose_maps"] == 2
-    assert counts["registrations"] == n_tp - 1
-    od = lake.read("organ_dosimetry")
+    mine = ["params_hash = ?", [config_hash(config)]]
+    assert len(lake.read("tacs", *mine)) == n_tp * len(res.organ_rows)
+    assert len(lake.read("dose_maps", *mine)) == 2
+    assert len(lake.read("registrations", *mine)) == n_tp - 1
+    od = lake.read("organ_dosimetry", *mine)
     assert (od.dose_per_activity_gy_per_gbq > 0).all() and od.input_ids.map(len).min() >= n_tp
     kidney = od.set_index("voi").loc["kidney_left"]
     assert kidney.bed_gy > kidney.absorbed_dose_gy  # kidney alpha/beta 2.6 Gy: BED > D
-    dose = lake.read("dose_maps", "quantity = 'dose'")
+    assert kidney.cumulative_bed_gy == pytest.approx(kidney.bed_gy)  # the first cycle
+    dose = lake.read("dose_maps", "quantity = 'dose' AND params_hash = ?", mine[1])
     assert Volume.from_row(dose.iloc[0].to_dict()).array.max() > 0
     before = lake.counts()
     run_cycle(lake, pid, 1, config)  # the same inputs and settings add nothing
@@ -79,7 +92,7 @@ def test_lake_rows_are_complete_and_idempotent(cohort, result):
 
 
 def test_registration_brings_kidneys_back(cohort):
-    lake, pid, _, _ = cohort
+    lake, pid = cohort[:2]
     cts = lake.read("images", "patient_id = ? AND kind = 'ct' AND cycle = 1", [pid]
                     ).sort_values("time_h")
     ref, moving = cts.iloc[0], cts.iloc[-1]
@@ -96,26 +109,26 @@ def test_registration_brings_kidneys_back(cohort):
 
 
 def test_too_few_time_points_and_unknown_method_are_refused(cohort):
-    lake, pid, _, _ = cohort
+    lake, pid = cohort[:2]
     with pytest.raises(DosimetryError, match="unknown method"):
         load_config(method="monte-carlo")
     with pytest.raises(DosimetryError, match="no quantitative SPECT"):
         run_cycle(lake, pid, 7, load_config())
 
 
-def test_pvc_requires_a_resolution():
-    config = load_config()
-    config["partial_volume"] = {"method": "gtm", "fwhm_mm": None}
-    from theralake.dosimetry.patient import _pvc_tacs
-
+def test_bad_settings_are_refused_before_any_work():
     with pytest.raises(DosimetryError, match="fwhm_mm"):
-        _pvc_tacs(np.zeros((2, 2, 2, 2)), {}, None, config, "x")
+        load_config(partial_volume={"method": "gtm", "fwhm_mm": None})
+    with pytest.raises(DosimetryError, match="tac_vois"):
+        load_config(tac_vois="mine")
+    with pytest.raises(DosimetryError, match="registration"):
+        load_config(registration="elastix")
 
 
 def test_export_dose_and_vois_reopen_in_dicom_tools(cohort, result, tmp_path):
     from theralake.pipelines.export import export
 
-    lake, pid, _, _ = cohort
+    lake, pid = cohort[:2]
     export(lake, pid, 1, "dose", "rtdose", tmp_path / "dose")
     export(lake, pid, 1, "vois", "rtstruct", tmp_path / "vois")
     back = Lake(tmp_path / "back")
@@ -133,3 +146,43 @@ def test_export_dose_and_vois_reopen_in_dicom_tools(cohort, result, tmp_path):
     reread = back.read("vois", "voi = 'liver'").iloc[0]
     assert np.array_equal(Volume.from_row(reread.to_dict()).array,
                           Volume.from_row(original.to_dict()).array)
+
+
+def test_ai_registration_is_selectable_and_pinned_by_its_weights(cohort, tmp_path):
+    from theralake.modeling.registration_training import train_registration
+
+    lake, pid, truth, fwhm, volumes = cohort
+    with pytest.raises(DosimetryError, match="train-reg"):
+        run_cycle(lake, pid, 1, load_config(registration="ai",
+                                            registration_model=str(tmp_path / "none")))
+    trained = train_registration(lake, out=tmp_path / "reg", spacing_mm=10.0,
+                                 size=(48, 32, 96), channels=(8, 16, 16, 16), epochs=2,
+                                 batch_size=1, device="cpu", max_pairs=2)
+    assert trained.n_pairs == 2 and len(trained.sha256) == 64
+    config = _config(fwhm, "ldm")
+    config.update(registration="ai", registration_model=str(trained.folder))
+    res = run_cycle(lake, pid, 1, config)
+    regs = pd.DataFrame(res.registration_rows)
+    assert len(regs) == 3 and (regs.ncc_after >= regs.ncc_before - 0.01).all()
+    err = _errors(res.organ_rows, truth, volumes)
+    assert err.loc[list(ORGANS), "tia_err"].abs().max() < 0.10
+    # the weights' hash is part of the settings: another model gives other rows
+    assert {r["params_hash"] for r in res.organ_rows} != {
+        r["params_hash"] for r in run_cycle(lake, pid, 1, _config(fwhm, "ldm")).organ_rows}
+
+
+def test_cumulative_bed_sums_the_newest_result_of_each_earlier_cycle(tmp_path):
+    from theralake.dosimetry.patient import _earlier_bed
+
+    lake = Lake(tmp_path / "lake")
+    assert _earlier_bed(lake, "P1", 2, "ldm") == {}
+
+    def row(cycle: int, bed: float, run: str) -> dict:
+        return {"id": f"{cycle}-{run}", "patient_id": "P1", "cycle": cycle, "voi": "kidney_left",
+                "method": "ldm", "bed_gy": bed, "eqd2_gy": bed / 2}
+
+    lake.append("organ_dosimetry", [row(1, 5.0, "old")])
+    lake.append("organ_dosimetry", [row(1, 6.0, "new"), row(2, 7.0, "a")])  # cycle 1 re-run
+    lake.append("organ_dosimetry", [{**row(1, 99.0, "vsv"), "method": "vsv"}])
+    assert _earlier_bed(lake, "P1", 3, "ldm") == {"kidney_left": (13.0, 6.5)}
+    assert _earlier_bed(lake, "P1", 2, "ldm") == {"kidney_left": (6.0, 3.0)}
