@@ -39,8 +39,8 @@ def main() -> None:
         for reg in ("rigid", "deformable"):
             lake_dir = Path(tmp) / f"lake_{reg}"
             shutil.copytree(base.path, lake_dir)
-            config = load_config(registration=reg, method="vsv")
-            config["partial_volume"] = {"method": "gtm", "fwhm_mm": fwhm}
+            config = load_config(registration=reg, method="vsv",
+                                 partial_volume={"method": "gtm", "fwhm_mm": fwhm})
             t0 = time.perf_counter()
             res = run_cycle(Lake(lake_dir), pid, 1, config)
             total = time.perf_counter() - t0

@@ -53,7 +53,16 @@ def _float_image(vol: Volume) -> sitk.Image:
 
 def _method(stage: dict) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(stage["histogram_bins"]))
+    metric = stage.get("metric", "mattes")
+    if metric == "mattes":
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(stage["histogram_bins"]))
+    elif metric == "correlation":  # same-modality (CT to CT); fast with many parameters
+        reg.SetMetricAsCorrelation()
+    elif metric == "mean_squares":
+        reg.SetMetricAsMeanSquares()
+    else:
+        raise ValueError(f"unknown registration metric {metric!r}; mattes, correlation or "
+                         "mean_squares")
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(float(stage["sampling_percentage"]), seed=7)
     reg.SetInterpolator(sitk.sitkLinear)
