@@ -19,6 +19,8 @@ import yaml
 
 from theralake import __version__
 from theralake.dosimetry import kinetics, radiobiology, registration
+from theralake.dosimetry.auto_vois import BACKENDS as SEGMENTATION_BACKENDS
+from theralake.dosimetry.auto_vois import SegmentationUnavailable, segment_missing_organs
 from theralake.dosimetry.dose import hu_to_density, local_deposition_dose, vsv_dose
 from theralake.dosimetry.kernels import voxel_s_kernel
 from theralake.dosimetry.lesions import segment_lesions
@@ -59,6 +61,10 @@ def _check_config(config: dict) -> None:
     for key, allowed in choices.items():
         if config[key] not in allowed:
             raise DosimetryError(f"unknown {key} {config[key]!r}; one of {', '.join(allowed)}")
+    backend = (config.get("segmentation") or {}).get("backend", "auto")
+    if backend not in SEGMENTATION_BACKENDS:
+        raise DosimetryError(f"unknown segmentation backend {backend!r}; one of "
+                             f"{', '.join(SEGMENTATION_BACKENDS)}")
     pv = config.get("partial_volume") or {}
     if pv.get("method", "none") not in ("none", "gtm"):
         raise DosimetryError(f"unknown partial_volume method {pv['method']!r}; none or gtm")
@@ -248,7 +254,13 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     maps = np.stack(maps)
     times = np.array([tp.time_h for tp in points])
     clock = result.lap("registration and resampling", clock)
-    # 2. VOIs on the reference CT, carried to the dose grid
+    # 2. VOIs on the reference CT (organs without contours segmented first), density
+    seg = config.get("segmentation") or {}
+    for tp in points if config["tac_vois"] == "own" else [ref]:
+        try:
+            segment_missing_organs(lake, tp.ct_row, list(config["organs"]), seg)
+        except SegmentationUnavailable as exc:
+            raise DosimetryError(f"{label}: {exc}") from exc
     vois = _vois(lake, patient_id, ref, config, label, result)
     density_ct = hu_to_density(ref.ct.array, tuple(map(tuple, config["hu_density_calibration"])))
     density = np.clip(to_grid(ref.ct.like(density_ct.astype(np.float32)), grid, 0.001),

@@ -66,3 +66,55 @@ def test_loading_a_folder_without_weights_names_it(tmp_path):
 def test_predict_before_fit_is_an_error():
     with pytest.raises(RuntimeError, match="not trained"):
         OrganSegmenter().predict(_case(0)[0])
+
+
+def test_dosimetry_segments_only_the_organs_without_contours(trained, tmp_path):
+    from theralake.dosimetry.auto_vois import SegmentationUnavailable, segment_missing_organs
+    from theralake.lake import Lake
+
+    lake = Lake(tmp_path / "lake")
+    ct, truth = _case(7)
+    ct_row = {"id": "ct1", "patient_id": "P1", "cycle": 1, "time_h": 4.0, "kind": "ct",
+              "modality": "CT", "units": "HU", "frame_of_reference_key": "F1",
+              **ct.geometry_columns()}
+    lake.append("images", [ct_row])
+    liver = ct.like((truth.array == 1).astype(np.uint8))
+    lake.append("vois", [{"id": "v1", "patient_id": "P1", "voi": "liver", "image_id": "ct1",
+                          "source": "seg", **liver.geometry_columns()}])
+    weights = trained.save(tmp_path / "weights")
+    settings = {"backend": "monai", "model": str(weights)}
+    rows = segment_missing_organs(lake, ct_row, list(ORGANS) + ["body"], settings)
+    assert sorted(r["voi"] for r in rows) == ["kidney_left", "kidney_right"]
+    assert {r["source"] for r in rows} == {"ai"}
+    vois = lake.read("vois", "image_id = 'ct1'")
+    assert vois.set_index("voi").loc["liver", "source"] == "seg"  # imported contour kept
+    kidney = Volume.from_row(vois.set_index("voi").loc["kidney_left"].to_dict() | {"id": "x"})
+    assert dice_per_label((truth.array == 2).astype(np.uint8), kidney.array,
+                          ("kidney_left",))["kidney_left"] > 0.5
+    assert segment_missing_organs(lake, ct_row, list(ORGANS), settings) == []  # idempotent
+    with pytest.raises(SegmentationUnavailable, match="train-seg"):
+        segment_missing_organs(Lake(tmp_path / "empty"), ct_row, list(ORGANS),
+                               {"backend": "monai"})
+    # auto without any model and without TotalSegmentator: nothing, cleanly
+    assert segment_missing_organs(Lake(tmp_path / "empty2"), ct_row, list(ORGANS),
+                                  {"backend": "auto"}) == [] or _has_totalsegmentator()
+
+
+def _has_totalsegmentator() -> bool:
+    from theralake.dosimetry.auto_vois import totalsegmentator_available
+
+    return totalsegmentator_available()
+
+
+def test_totalsegmentator_backend_refuses_cleanly_when_not_installed(tmp_path):
+    from theralake.dosimetry.auto_vois import SegmentationUnavailable, segment_missing_organs
+    from theralake.lake import Lake
+
+    if _has_totalsegmentator():
+        pytest.skip("TotalSegmentator is installed with weights here")
+    ct, _ = _case(3)
+    row = {"id": "ct1", "patient_id": "P1", "cycle": 1, "time_h": 0.0,
+           "frame_of_reference_key": "F", **ct.geometry_columns()}
+    with pytest.raises(SegmentationUnavailable, match="TotalSegmentator is not installed"):
+        segment_missing_organs(Lake(tmp_path / "lake"), row, ["liver"],
+                               {"backend": "totalsegmentator"})
