@@ -173,6 +173,31 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("value", _f64),
         pa.field("engine", _str),
         pa.field("settings_hash", _str),
+        pa.field("image_id", _str),  # the image (or dose map) the value was computed on
+        pa.field("time_h", _f64),  # its time after the cycle's administration
+        LINEAGE_COLUMNS,
+    ),
+    "dvhs": _schema(  # cumulative DVH per VOI of a dose or BED map
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64),
+        pa.field("voi", _str, nullable=False),
+        pa.field("quantity", _str, nullable=False),  # dose | bed
+        pa.field("image_id", _str),  # the dose map
+        pa.field("volume_ml", _f64),
+        pa.field("dose_gy", pa.list_(_f64)),  # increasing, 0 .. Dmax
+        pa.field("volume_fraction", pa.list_(_f64)),  # receiving at least dose_gy
+        LINEAGE_COLUMNS,
+    ),
+    "feature_errors": _schema(  # a VOI/feature skipped by the feature job, with the reason
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64),
+        pa.field("voi", _str, nullable=False),
+        pa.field("image_kind", _str, nullable=False),
+        pa.field("feature_class", _str, nullable=False),
+        pa.field("image_id", _str),
+        pa.field("reason", _str, nullable=False),
         LINEAGE_COLUMNS,
     ),
     "clinical": _schema(

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from theralake.dosimetry.cli import register as register_dosimetry
+from theralake.features.cli import register as register_features
 from theralake.ingest.cli import LakeOption
 from theralake.ingest.cli import register as register_ingest
 from theralake.lake import Lake, LakeError
@@ -27,6 +28,7 @@ register_dosimetry(app)
 register_synth(app)
 register_segmentation_training(app)
 register_registration_training(app)
+register_features(app)
 
 
 @app.command("sql")

@@ -1,0 +1,146 @@
+"""Radiomic features of one image and one VOI with pyradiomics (pyradiomics-bhklab build).
+
+A *feature set* is a pyradiomics parameter file (``features/data/sets/NAME.yaml``, or a path);
+the bin width is set per image kind from ``features/data/bin_widths.yaml`` (fixed bin size in
+the image's units, IBSI). The effective settings are hashed (:attr:`FeatureSet.hash_for`) and
+the hash is stored with every feature row. Feature names with an IBSI counterpart are stored
+under the IBSI name and definition (:func:`theralake.features.ibsi.to_ibsi`), others under
+pyradiomics' name.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import yaml
+
+from theralake.lake import Volume
+
+__all__ = ["ENGINE", "FeatureSet", "extract_radiomics", "load_feature_set"]
+
+log = logging.getLogger(__name__)
+
+
+def _engine() -> str:
+    from importlib.metadata import version
+
+    return f"pyradiomics {version('pyradiomics-bhklab')}"
+
+
+ENGINE = _engine()
+MAX_GREY_LEVELS = 1000  # beyond this the texture matrices say more about units than tissue
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A named pyradiomics parameter set and the bin width per image kind."""
+
+    name: str
+    params: dict
+    bin_widths: dict[str, float]
+
+    def params_for(self, kind: str) -> dict:
+        params = json.loads(json.dumps(self.params))
+        if kind not in self.bin_widths:
+            raise ValueError(f"feature set {self.name}: no bin width for image kind {kind!r}")
+        params.setdefault("setting", {})["binWidth"] = float(self.bin_widths[kind])
+        return params
+
+    def hash_for(self, kind: str) -> str:
+        text = json.dumps({"engine": ENGINE, "params": self.params_for(kind)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_feature_set(name: str = "default") -> FeatureSet:
+    """A packaged set by name (``features/data/sets/NAME.yaml``) or a YAML file path.
+
+    Raises:
+        ValueError: unknown set name or a file pyradiomics rejects.
+    """
+    data = resources.files("theralake.features").joinpath("data")
+    path = Path(name) if name.endswith((".yaml", ".yml")) else None
+    if path is None:
+        packaged = data.joinpath(f"sets/{name}.yaml")
+        if not packaged.is_file():
+            known = sorted(p.name[:-5] for p in data.joinpath("sets").iterdir()
+                           if p.name.endswith(".yaml"))
+            raise ValueError(f"unknown feature set {name!r}; packaged sets: {', '.join(known)}")
+        text = packaged.read_text()
+    else:
+        if not path.is_file():
+            raise ValueError(f"{path}: no such feature-set file")
+        text = path.read_text()
+    params = yaml.safe_load(text) or {}
+    _validate(params, name)
+    widths = yaml.safe_load(data.joinpath("bin_widths.yaml").read_text())
+    return FeatureSet(Path(name).stem, params, {k: float(v) for k, v in widths.items()})
+
+
+def _validate(params: dict, name: str) -> None:
+    from radiomics import featureextractor
+
+    try:
+        featureextractor.RadiomicsFeatureExtractor(params)
+    except Exception as exc:  # pykwalify's schema errors
+        raise ValueError(f"feature set {name}: pyradiomics rejects it: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=16)
+def _extractor(params_json: str):  # noqa: ANN202 (pyradiomics object)
+    from radiomics import featureextractor
+
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    return featureextractor.RadiomicsFeatureExtractor(json.loads(params_json))
+
+
+def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: FeatureSet
+                      ) -> dict[tuple[str, str], float]:
+    """Radiomic features ``{(feature_class, feature): value}`` of ``mask`` (on the image grid).
+
+    Raises:
+        ValueError: mask not on the image grid, empty, or too small for the set; NaN or
+            infinite intensities inside the VOI.
+    """
+    from theralake.features.ibsi import ibsi_key, load_feature_map, to_ibsi
+
+    m = np.asarray(mask, bool)
+    if m.shape != image.array.shape:
+        raise ValueError(f"mask shape {m.shape} is not the image's {image.array.shape}")
+    if m.sum() < 2:
+        raise ValueError(f"VOI has {int(m.sum())} voxel(s) on the image grid")
+    values = image.array[m]
+    if not np.all(np.isfinite(values)):
+        raise ValueError("image has NaN or infinite values inside the VOI")
+    params = feature_set.params_for(kind)
+    levels = (values.max() - values.min()) / params["setting"]["binWidth"]
+    if levels > MAX_GREY_LEVELS:
+        raise ValueError(f"{levels:.0f} grey levels at bin width {params['setting']['binWidth']}"
+                         f" for a {kind} image (more than {MAX_GREY_LEVELS}: wrong units?)")
+    extractor = _extractor(json.dumps(params, sort_keys=True))
+    img = sitk.Cast(image.to_sitk(), sitk.sitkFloat64)
+    msk = image.like(m.astype(np.uint8)).to_sitk()
+    try:
+        raw = extractor.execute(img, msk, label=1)
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise ValueError(f"pyradiomics: {exc}") from exc
+    ibsi = to_ibsi(raw)  # IBSI names and definitions where pyradiomics has the feature
+    names = {r.pyradiomics: ibsi_key(r.family, r.ibsi)
+             for r in load_feature_map().itertuples(index=False)}
+    out: dict[tuple[str, str], float] = {}
+    for key, raw_value in raw.items():
+        if key.startswith("diagnostics_"):
+            continue
+        image_type, feature_class, name = key.split("_", 2)
+        cls = feature_class if image_type == "original" else f"{image_type}:{feature_class}"
+        value = ibsi.get(names.get(key, ""), float(raw_value))
+        if np.isfinite(value):
+            out[(cls, names.get(key, name) if names.get(key) in ibsi else name)] = value
+    return out
