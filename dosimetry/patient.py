@@ -274,6 +274,7 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     tia_map = vox.tia_map
     voxel_mm = np.array(grid.spacing_mm)
     method = config["method"]
+    kernel = None
     if method == "ldm":
         dose_map = local_deposition_dose(tia_map, voxel_mm, nuclide.name, density,
                                          include_photons=config["include_photons_ldm"])
@@ -307,22 +308,24 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
         fit = sel.chosen
         result.fits[name] = fit
         mass_g = float((density_ct * mask_ct.array).sum() * mask_ct.voxel_volume_ml)
-        # with partial-volume correction the VOI's voxel doses are scaled so that the energy
-        # is the corrected TIA's and the mass the VOI's true (CT-grid) mass: D = E / m
-        recovery = 1.0
+        mean_gy = float(np.average(dose_map[mask], weights=density[mask]))
+        dose_gy = mean_gy
         if not np.allclose(tac, raw_tac, rtol=1e-9):
+            # partial-volume correction restores activity inside the VOI: it adds that
+            # activity's self-dose (the map's self-dose per unit TIA), and the energy is
+            # shared by the VOI's true CT mass: D = (E_map + (r - 1) E_self) / m
             raw_tia = kinetics.select_tac_model(
                 times, raw_tac, tuple(config["tac_models"]),
                 decay_constant_per_h=nuclide.decay_constant_per_h).chosen.tia_mbq_h
+            ratio = fit.tia_mbq_h / max(raw_tia, 1e-12)
+            self_gy = mean_gy if method == "ldm" else _self_dose_mean(
+                tia_map, mask, kernel, density, method == "vsv-density")
             grid_mass_g = float(density[mask].sum() * grid.voxel_volume_ml)
-            recovery = fit.tia_mbq_h / max(raw_tia, 1e-12) * grid_mass_g / mass_g
+            dose_gy = (mean_gy + (ratio - 1.0) * self_gy) * grid_mass_g / mass_g
+        max_gy = float(dose_map[mask].max()) * dose_gy / max(mean_gy, 1e-30)
         if method == "organ-s":
             dose_gy = fit.tia_mbq_h * 1e6 * S_PER_H * _self_s(config, nuclide.name, name,
                                                               mass_g)
-            max_gy = float(dose_map[mask].max()) * recovery
-        else:
-            dose_gy = float(np.average(dose_map[mask], weights=density[mask])) * recovery
-            max_gy = float(dose_map[mask].max()) * recovery
         bed, eqd2 = _bed(name, dose_gy, fit)
         for t, a, img in zip(times, tac, points, strict=True):
             result.tac_rows.append({
@@ -386,38 +389,54 @@ def _voi_tacs(lake: Lake, points: list[TimePoint], maps: np.ndarray, ref_index: 
               ) -> dict[str, np.ndarray]:
     """Activity (MBq) per VOI and time point, partial-volume corrected when configured.
 
-    With ``tac_vois: own`` a time point whose CT carries every VOI (per-time-point contours
-    or AI segmentation) is measured on its own SPECT with its own VOIs, free of registration
-    error; otherwise, and with ``tac_vois: reference``, on the registered map with the
-    reference VOIs.
+    With ``tac_vois: own`` the VOIs that a time point's CT carries (per-time-point contours
+    or AI segmentation) are measured on its own SPECT, free of registration error; the others
+    (and all of them with ``tac_vois: reference``) on the registered map with the reference
+    VOIs.
     """
     names = list(vois)
     out = {n: np.zeros(len(points)) for n in names}
+    reference = {n: v for n, (v, _) in vois.items()}
     for i, tp in enumerate(points):
-        image, grid = maps[i], points[ref_index].spect
-        masks = {n: v for n, (v, _) in vois.items()}
-        if config["tac_vois"] == "own" and i != ref_index:
-            own = _own_vois(lake, tp, names)
-            if own is not None:
-                image = np.clip(tp.spect.array.astype(np.float64), 0, None) \
-                    * tp.spect.voxel_volume_ml / 1e6
-                grid, masks = tp.spect, own
-        try:
-            activity = voi_activities_mbq(image, grid, masks, config.get("partial_volume"))
-        except ValueError as exc:
-            raise DosimetryError(f"{label}, time point {tp.time_h:.1f} h: {exc}") from exc
-        for n in names:
-            out[n][i] = activity[n]
+        own = _own_vois(lake, tp, names) if config["tac_vois"] == "own" and i != ref_index \
+            else {}
+        jobs = []  # (image MBq/voxel, its grid, VOIs to solve together, VOIs to keep)
+        if own:
+            image = np.clip(tp.spect.array.astype(np.float64), 0, None) \
+                * tp.spect.voxel_volume_ml / 1e6
+            jobs.append((image, tp.spect, own, set(own)))
+        if set(names) - set(own):  # e.g. lesions thresholded on the reference only
+            jobs.append((maps[i], points[ref_index].spect, reference, set(names) - set(own)))
+        for image, grid, masks, keep in jobs:
+            try:
+                activity = voi_activities_mbq(image, grid, masks, config.get("partial_volume"))
+            except ValueError as exc:
+                raise DosimetryError(f"{label}, time point {tp.time_h:.1f} h: {exc}") from exc
+            for n in keep:
+                out[n][i] = activity[n]
     return out
 
 
-def _own_vois(lake: Lake, tp: TimePoint, names: list[str]) -> dict[str, Volume] | None:
-    """The VOIs of a time point's own CT, when it has every one of ``names``."""
+def _own_vois(lake: Lake, tp: TimePoint, names: list[str]) -> dict[str, Volume]:
+    """The VOIs among ``names`` that a time point's own CT carries (the body included, so
+    that the partial-volume solve has the remainder), or none."""
     rows = lake.read("vois", "image_id = ?", [tp.ct_row["id"]]).drop_duplicates("voi")
     rows = rows[rows.voi.isin(names)]
-    if set(rows.voi) != set(names):
-        return None
+    if "body" in names and "body" not in set(rows.voi):
+        return {}
     return {r.voi: Volume.from_row(r.to_dict()) for _, r in rows.iterrows()}
+
+
+def _self_dose_mean(tia_map: np.ndarray, mask: np.ndarray, kernel, density: np.ndarray,
+                    density_correction: bool) -> float:
+    """Density-weighted mean dose (Gy) in a VOI from the VOI's own TIA only (VSV kernel)."""
+    half = np.array(kernel.values_mgy_per_mbq_s.shape) // 2
+    idx = np.nonzero(mask)
+    box = tuple(slice(max(int(i.min()) - h, 0), int(i.max()) + h + 1)
+                for i, h in zip(idx, half, strict=True))
+    own = np.where(mask[box], tia_map[box], 0.0)
+    dose = vsv_dose(own, kernel, density[box] if density_correction else None)
+    return float(np.average(dose[mask[box]], weights=density[box][mask[box]]))
 
 
 def _recovery(path: str, volume_ml: float) -> float:
