@@ -34,6 +34,7 @@ class SegmenterConfig:
     max_epochs: int = 200
     max_minutes: float = 10.0
     patches_per_case: int = 4
+    batch_size: int = 2  # patches per optimiser step
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -98,22 +99,28 @@ class OrganSegmenter:
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         start = time.monotonic()
         net.train()
-        for epoch in range(c.max_epochs):
-            xs, ys = [], []
-            for x, y in data:
-                for _ in range(c.patches_per_case):
+        stop = False
+        for epoch in range(c.max_epochs):  # an epoch: patches_per_case patches of every case
+            order = [(i, k) for i in range(len(data)) for k in range(c.patches_per_case)]
+            rng.shuffle(order)
+            for b in range(0, len(order), c.batch_size):
+                xs, ys = [], []
+                for i, _ in order[b:b + c.batch_size]:
+                    x, y = data[i]
                     sl = _random_patch(y, c.patch_voxels, rng)
                     xs.append(x[sl][None])
                     ys.append(y[sl][None])
-            xb = torch.from_numpy(np.stack(xs))
-            yb = torch.from_numpy(np.stack(ys).astype(np.int64))
-            opt.zero_grad()
-            loss = loss_fn(net(xb), yb)
-            loss.backward()
-            opt.step()
-            self.history_.append(loss.item())
-            if (time.monotonic() - start) / 60 > c.max_minutes:
-                log.info("segmenter training stopped at epoch %d (time limit)", epoch + 1)
+                opt.zero_grad()
+                loss = loss_fn(net(torch.from_numpy(np.stack(xs))),
+                               torch.from_numpy(np.stack(ys).astype(np.int64)))
+                loss.backward()
+                opt.step()
+                self.history_.append(loss.item())
+                if (time.monotonic() - start) / 60 > c.max_minutes:
+                    log.info("segmenter training stopped in epoch %d (time limit)", epoch + 1)
+                    stop = True
+                    break
+            if stop:
                 break
         self.train_seconds_ = time.monotonic() - start
         self.network_ = net.eval()

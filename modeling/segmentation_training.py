@@ -341,6 +341,7 @@ def train_seg(
     seed: Annotated[int, typer.Option(help="random seed (split and training)")] = 0,
     patch_voxels: Annotated[int, typer.Option(help="training patch edge (voxels)")] = 48,
     patches_per_case: Annotated[int, typer.Option(help="patches per CT per epoch")] = 4,
+    batch_size: Annotated[int, typer.Option(help="patches per optimiser step")] = 2,
     channels: Annotated[str, typer.Option(help="U-Net channels per level, comma-separated")
                         ] = "16,32,64,128",
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
@@ -367,7 +368,8 @@ def train_seg(
         the_lake = Lake(lake, create=False)
         config = SegmenterConfig(organs=organ_list, spacing_mm=spacing_mm, max_epochs=epochs,
                                  max_minutes=minutes, seed=seed, patch_voxels=patch_voxels,
-                                 patches_per_case=patches_per_case, channels=widths,
+                                 patches_per_case=patches_per_case, batch_size=batch_size,
+                                 channels=widths,
                                  learning_rate=learning_rate)
         res = train_segmenter(the_lake, config, val_fraction=val_fraction, register_as=name,
                               alias=alias)
