@@ -100,7 +100,9 @@ class OrganSegmenter:
         start = time.monotonic()
         net.train()
         stop = False
+        self.epochs_ = 0
         for epoch in range(c.max_epochs):  # an epoch: patches_per_case patches of every case
+            self.epochs_ = epoch + 1
             order = [(i, k) for i in range(len(data)) for k in range(c.patches_per_case)]
             rng.shuffle(order)
             for b in range(0, len(order), c.batch_size):

@@ -181,7 +181,7 @@ def train_segmenter(lake: Lake, config: SegmenterConfig | None = None, val_fract
 
     Logs to the lake's MLflow store (:mod:`theralake.registry.tracking`): params (the config,
     the split sizes), metrics ``val_dice_<organ>``, ``val_dice_mean``, ``train_seconds``,
-    ``epochs``, ``final_loss`` and the loss curve ``train_loss``; artifact ``split.json``
+    ``epochs``, ``steps``, ``final_loss`` and the loss curve ``train_loss``; artifact ``split.json``
     (pseudonymised patient ids on each side) and the model (pyfunc, see
     :mod:`theralake.registry.segmenter_model`), registered as ``register_as`` with ``alias``
     pointing to the new version.
@@ -226,7 +226,8 @@ def train_segmenter(lake: Lake, config: SegmenterConfig | None = None, val_fract
                       n_val_cases=len(val), n_skipped_cases=n_skipped,
                       label_sources=",".join(sources))
         mlflow.log_params(params)
-        metrics = {"train_seconds": seg.train_seconds_, "epochs": len(seg.history_),
+        metrics = {"train_seconds": seg.train_seconds_, "epochs": seg.epochs_,
+                   "steps": len(seg.history_),
                    "final_loss": seg.history_[-1]}
         if per_case:
             metrics.update({f"val_dice_{o}": v for o, v in dice.items()})
@@ -254,7 +255,7 @@ def train_segmenter(lake: Lake, config: SegmenterConfig | None = None, val_fract
     return SegmenterTraining(
         segmenter=seg, model_name=register_as, version=version, alias=alias,
         run_id=run.info.run_id, tracking_uri=uri, dice=dice, dice_per_case=per_case,
-        train_seconds=seg.train_seconds_, epochs=len(seg.history_), train_patients=train_p,
+        train_seconds=seg.train_seconds_, epochs=seg.epochs_, train_patients=train_p,
         val_patients=val_p, n_train_cases=len(train), n_val_cases=len(val),
         skipped_cases=n_skipped)
 
@@ -264,7 +265,8 @@ def _count_cts(lake: Lake) -> int:
 
 
 def _log_curve(client, run_id: str, history: list[float], points: int = 500) -> None:  # noqa: ANN001
-    """The loss curve as the metric ``train_loss`` (at most ``points`` epochs)."""
+    """The loss curve (one value per optimiser step) as the metric ``train_loss`` (at most
+    ``points`` values)."""
     from mlflow.entities import Metric
 
     if not history:

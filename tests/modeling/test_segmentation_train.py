@@ -185,7 +185,7 @@ def test_metrics_params_and_train_time_are_logged(trained):
     assert params["organs"] == ",".join(ORGANS) and params["spacing_mm"] == "8.0"
     assert params["n_val_patients"] == str(len(res.val_patients))
     history = tracking.client(lake).get_metric_history(res.run_id, "train_loss")
-    assert len(history) == TINY["max_epochs"]
+    assert len(history) == metrics["steps"] >= TINY["max_epochs"]  # one point per step
     assert (lake.path / "mlflow" / "mlflow.db").exists()
     assert any((lake.path / "mlflow" / "artifacts").rglob("weights.pt"))
 
