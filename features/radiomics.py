@@ -93,6 +93,15 @@ def _validate(params: dict, name: str) -> None:
         raise ValueError(f"feature set {name}: pyradiomics rejects it: {exc}") from exc
 
 
+@functools.cache
+def _ibsi_names() -> dict[str, str]:
+    """pyradiomics feature name -> IBSI key (read once, not per VOI)."""
+    from theralake.features.ibsi import ibsi_key, load_feature_map
+
+    return {r.pyradiomics: ibsi_key(r.family, r.ibsi)
+            for r in load_feature_map().itertuples(index=False)}
+
+
 @functools.lru_cache(maxsize=16)
 def _extractor(params_json: str):  # noqa: ANN202 (pyradiomics object)
     from radiomics import featureextractor
@@ -109,7 +118,7 @@ def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: F
         ValueError: mask not on the image grid, empty, or too small for the set; NaN or
             infinite intensities inside the VOI.
     """
-    from theralake.features.ibsi import ibsi_key, load_feature_map, to_ibsi
+    from theralake.features.ibsi import to_ibsi
 
     m = np.asarray(mask, bool)
     if m.shape != image.array.shape:
@@ -132,8 +141,7 @@ def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: F
     except (ValueError, RuntimeError, IndexError) as exc:
         raise ValueError(f"pyradiomics: {exc}") from exc
     ibsi = to_ibsi(raw)  # IBSI names and definitions where pyradiomics has the feature
-    names = {r.pyradiomics: ibsi_key(r.family, r.ibsi)
-             for r in load_feature_map().itertuples(index=False)}
+    names = _ibsi_names()
     out: dict[tuple[str, str], float] = {}
     for key, raw_value in raw.items():
         if key.startswith("diagnostics_"):
