@@ -9,7 +9,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from theralake.dosimetry.sphere import sphere_self_s
 from theralake.dosimetry.voi_activity import mask_on, to_grid, voi_activities_mbq
 from theralake.dosimetry.voxel_kinetics import fit_voxel_tacs
 from theralake.lake import Lake, Volume, stable_hash
+from theralake.settings import deep_merge, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,11 @@ class DosimetryError(ValueError):
 
 def load_config(path: str | Path | None = None, **overrides: object) -> dict:
     """The packaged default configuration, updated by a user YAML file and overrides."""
-    config = yaml.safe_load(resources.files("theralake.dosimetry").joinpath(
-        "data/dosimetry_default.yaml").read_text())
-    if path:
-        user = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(user) - set(config)
-        if unknown:
-            raise DosimetryError(f"{path}: unknown settings {sorted(unknown)}")
-        _merge(config, user)
-    _merge(config, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = load_settings("theralake.dosimetry", "data/dosimetry_default.yaml", path)
+    except ValueError as exc:
+        raise DosimetryError(str(exc)) from exc
+    deep_merge(config, {k: v for k, v in overrides.items() if v is not None})
     _check_config(config)
     return config
 
@@ -70,15 +66,6 @@ def _check_config(config: dict) -> None:
         raise DosimetryError(f"unknown partial_volume method {pv['method']!r}; none or gtm")
     if pv.get("method") == "gtm" and not (pv.get("fwhm_mm") or 0) > 0:
         raise DosimetryError("partial_volume gtm needs the SPECT resolution fwhm_mm (> 0)")
-
-
-def _merge(config: dict, update: dict) -> None:
-    """Update settings in place; nested sections are merged key by key."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            _merge(config[key], value)
-        else:
-            config[key] = value
 
 
 def resolve_config(lake: Lake, config: dict) -> dict:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from theralake.ingest import contours, segmentations
 from theralake.ingest.calibration import CalibrationTable
@@ -209,22 +210,32 @@ class _Run:
             by_patient[a.raw_patient_id].append(a)
         raws = set(by_patient) | {im.raw_patient_id for im in self.images} | \
             {r["raw_patient_id"] for r in self.clinical + self.outcomes}
+        # the lake is read once and written once per table: per-patient reads and appends
+        # made a cohort's ingest quadratic in its size
+        self._stored = {t: {pid: g for pid, g in self.lake.read(t).groupby("patient_id")}
+                        for t in ("patients", "administrations")}
+        self._new: dict[str, list[dict]] = {"patients": [], "administrations": []}
         for raw in sorted(raws):
             try:
                 self.timelines[raw] = self._timeline(raw, by_patient.get(raw, []))
             except IngestError as exc:
                 self.report.skipped.append(exc)
                 self.timelines[raw] = None
+        for table, rows in self._new.items():
+            self.append(table, rows)
+
+    def _stored_rows(self, table: str, pid: str) -> pd.DataFrame:
+        return self._stored[table].get(pid, pd.DataFrame())
 
     def _timeline(self, raw: str, admins: list[Administration]) -> PatientTimeline | None:
         pid = self.pseudo.patient_id(raw)
-        stored = self.lake.read("patients", "patient_id = ? AND reference_time_shifted IS NOT NULL",
-                                [pid])
+        stored = self._stored_rows("patients", pid)
+        stored = stored[stored.reference_time_shifted.notna()] if not stored.empty else stored
         reference = None
         if not stored.empty:
             reference = self.pseudo.unshifted(raw, stored["reference_time_shifted"].iloc[0]
                                               .to_pydatetime())
-            for _, r in self.lake.read("administrations", "patient_id = ?", [pid]).iterrows():
+            for _, r in self._stored_rows("administrations", pid).iterrows():
                 admins.append(Administration(raw, r["nuclide"], reference + timedelta(
                     hours=float(r["administration_h"])), r["activity_mbq"], r["pharmaceutical"],
                     r["purpose"], "lake", int(r["cycle"])))
@@ -244,9 +255,9 @@ class _Run:
         # whole seconds: the stored (shifted) reference has a resolution of one second
         timeline = PatientTimeline(reference or first.replace(microsecond=0), merged)
         self._write_patient(raw, timeline)
-        rows = [administration_row(a, timeline, self.pseudo) for a in merged
-                if a.activity_mbq is not None or a.source != "lake"]
-        self.append("administrations", rows)
+        self._new["administrations"] += [administration_row(a, timeline, self.pseudo)
+                                         for a in merged
+                                         if a.activity_mbq is not None or a.source != "lake"]
         return timeline
 
     def _write_patient(self, raw: str, timeline: PatientTimeline | None) -> None:
@@ -258,12 +269,12 @@ class _Run:
                "weight_kg": demo.weight_kg if demo else None,
                "height_m": demo.height_m if demo else None,
                "reference_time_shifted": shifted}
-        existing = self.lake.read("patients", "patient_id = ?", [pid])
+        existing = self._stored_rows("patients", pid)
         if not existing.empty and (shifted is None or
                                    existing["reference_time_shifted"].notna().any()):
             return  # the patient is known; the first record stays
         row["id"] = stable_hash("patient", pid, shifted)
-        self.append("patients", [row])
+        self._new["patients"].append(row)
 
     # -- writing ----------------------------------------------------------------------------
     def write_image(self, im: PendingImage) -> None:

@@ -15,6 +15,7 @@ from theralake.features.cli import register as register_features
 from theralake.ingest.cli import LakeOption
 from theralake.ingest.cli import register as register_ingest
 from theralake.lake import Lake, LakeError
+from theralake.modeling.cli import register as register_modeling
 from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
 from theralake.synth.cli import register as register_synth
@@ -29,6 +30,7 @@ register_synth(app)
 register_segmentation_training(app)
 register_registration_training(app)
 register_features(app)
+register_modeling(app)
 
 
 @app.command("sql")

@@ -50,6 +50,41 @@ def _label_names(pt: PatientTruth) -> dict[str, str]:
     return names
 
 
+def table_rows(cfg: SynthConfig, pt: PatientTruth) -> tuple[dict, dict, list[dict]]:
+    """The patient's rows of clinical.csv, outcomes.csv and administrations.csv."""
+    clinical = {"PatientID": pt.patient_id, "sex": "M",
+                "n_lesions_baseline": len(pt.lesion_info), **pt.clinical.as_row()}
+    admins = [{"PatientID": pt.patient_id, "nuclide": "Ga-68",
+               "activity_mbq": round(pt.pet.activity_mbq, 3),
+               "administration_datetime": pt.pet.injection.isoformat(),
+               "pharmaceutical": "Ga-68 PSMA-11", "purpose": "diagnostic",
+               "cycle": None}]  # ingest places it before cycle 1
+    for cyc in pt.cycles:
+        admins.append({"PatientID": pt.patient_id, "nuclide": cfg.nuclide,
+                       "activity_mbq": round(cyc.activity_mbq, 3),
+                       "administration_datetime": cyc.administration.isoformat(),
+                       "pharmaceutical": "Lu-177 PSMA-617", "purpose": "therapy",
+                       "cycle": cyc.cycle})
+    return clinical, dict(pt.outcome), admins
+
+
+def write_tables(out: Path, cfg: SynthConfig, clinical: list[dict], outcomes: list[dict],
+                 admins: list[dict]) -> None:
+    """clinical.csv, outcomes.csv, administrations.csv, calibration.csv and mapping.yaml."""
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(clinical).to_csv(out / "clinical.csv", index=False)
+    pd.DataFrame(outcomes).to_csv(out / "outcomes.csv", index=False)
+    pd.DataFrame(admins).to_csv(out / "administrations.csv", index=False)
+    pd.DataFrame([{"camera": c, "nuclide": cfg.nuclide, "cps_per_mbq": v}
+                  for c, v in sorted(CAMERAS.items())]).to_csv(out / "calibration.csv",
+                                                                index=False)
+    mapping = {"clinical": {"file": "clinical.csv", "patient_id": "PatientID"},
+               "outcomes": {"file": "outcomes.csv", "patient_id": "PatientID"},
+               "administrations": {"file": "administrations.csv", "patient_id": "PatientID"},
+               "calibration": {"file": "calibration.csv"}}
+    (out / "mapping.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+
+
 def generate_patient(cfg: SynthConfig, index: int, out: Path) -> tuple[PatientTruth, dict]:
     """Simulate, render and write one patient; returns its truth and truth tables."""
     pt = simulate_patient(cfg, index)
@@ -101,34 +136,13 @@ def generate_cohort(cfg: SynthConfig, out: Path, progress: bool = True) -> Cohor
             res.patients.append(pt.patient_id)
             for k, v in tables.items():
                 acc.setdefault(k, []).append(v)
-            clinical.append({"PatientID": pt.patient_id, "sex": "M",
-                             "n_lesions_baseline": len(pt.lesion_info),
-                             **pt.clinical.as_row()})
-            outcomes.append(pt.outcome)
-            admins.append({"PatientID": pt.patient_id, "nuclide": "Ga-68",
-                           "activity_mbq": round(pt.pet.activity_mbq, 3),
-                           "administration_datetime": pt.pet.injection.isoformat(),
-                           "pharmaceutical": "Ga-68 PSMA-11", "purpose": "diagnostic",
-                           "cycle": None})  # ingest places it before cycle 1
-            for cyc in pt.cycles:
-                admins.append({"PatientID": pt.patient_id, "nuclide": cfg.nuclide,
-                               "activity_mbq": round(cyc.activity_mbq, 3),
-                               "administration_datetime": cyc.administration.isoformat(),
-                               "pharmaceutical": "Lu-177 PSMA-617", "purpose": "therapy",
-                               "cycle": cyc.cycle})
+            c_row, o_row, a_rows = table_rows(cfg, pt)
+            clinical.append(c_row)
+            outcomes.append(o_row)
+            admins.extend(a_rows)
             bar.advance(task)
             log.info("wrote %s", pt.patient_id)
-    pd.DataFrame(clinical).to_csv(out / "clinical.csv", index=False)
-    pd.DataFrame(outcomes).to_csv(out / "outcomes.csv", index=False)
-    pd.DataFrame(admins).to_csv(out / "administrations.csv", index=False)
-    pd.DataFrame([{"camera": c, "nuclide": cfg.nuclide, "cps_per_mbq": v}
-                  for c, v in sorted(CAMERAS.items())]).to_csv(out / "calibration.csv",
-                                                                index=False)
-    mapping = {"clinical": {"file": "clinical.csv", "patient_id": "PatientID"},
-               "outcomes": {"file": "outcomes.csv", "patient_id": "PatientID"},
-               "administrations": {"file": "administrations.csv", "patient_id": "PatientID"},
-               "calibration": {"file": "calibration.csv"}}
-    (out / "mapping.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+    write_tables(out, cfg, clinical, outcomes, admins)
     truth = out / "truth"
     truth.mkdir(exist_ok=True)
     for k, frames in acc.items():
