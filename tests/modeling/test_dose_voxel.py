@@ -1,0 +1,194 @@
+"""Voxel dose prediction from the pre-therapy PET/CT on a small synthetic lake with dosimetry."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from theralake.dosimetry.patient import load_config, run_cycle
+from theralake.ingest.pseudonym import Pseudonymizer
+from theralake.ingest.runner import IngestOptions, ingest
+from theralake.lake import Lake, Volume
+from theralake.modeling.dose_voxel import (
+    SuvScaledDose,
+    VoxelDataError,
+    VoxelDoseModel,
+    evaluate_voxel,
+    summarise_voxel,
+    voxel_samples,
+)
+from theralake.synth.cohort import generate_cohort
+from theralake.synth.config import SynthConfig
+
+PSEUDO = Pseudonymizer(key="dose-voxel-test-key")
+SMALL = {"channels": (8, 16, 32), "patch_voxels": 24, "progress": False}
+
+
+def _copy(lake: Lake, table: str, where: str, params: list, patient_id: str) -> None:
+    """A row of a real patient under another patient id (a patient lacking the rest)."""
+    row = lake.read(table, where, params).iloc[0].to_dict()
+    lake.append(table, [{**row, "id": f"{patient_id}-{table}", "patient_id": patient_id}])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Small networks run as fast on one thread and leave the other core alone (restored)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dose_voxel")
+    generate_cohort(SynthConfig(patients=3, cycles=1, seed=5, small=True), root / "syn",
+                    progress=False)
+    lake = Lake(root / "lake")
+    ingest(root / "syn", lake, IngestOptions(show_progress=False), PSEUDO)
+    pids = sorted(lake.read("patients").patient_id)
+    # tac_vois reference (no partial-volume correction): organ doses are the map's means;
+    # the synthetic CTs carry their contours (no organ segmenter)
+    config = load_config(method="ldm", registration="rigid", voxel_model="mono",
+                         tac_vois="reference", segmentation={"backend": "none"})
+    for pid in pids:
+        run_cycle(lake, pid, 1, config)
+    _copy(lake, "dose_maps", "patient_id = ? AND quantity = 'dose'", [pids[0]], "PNOPET")
+    _copy(lake, "images", "patient_id = ? AND kind = 'pet'", [pids[0]], "PNODOSE")
+    samples = voxel_samples(lake)
+    model = VoxelDoseModel(epochs=20, random_state=0, **SMALL).fit(samples)
+    return lake, pids, samples, model
+
+
+def test_samples_match_the_dosimetry(world):
+    lake, pids, samples, _ = world
+    assert [s.patient_id for s in samples] == pids  # the two incomplete patients are skipped
+    od = lake.read("organ_dosimetry", "cycle = 1").set_index(["patient_id", "voi"])
+    admin = lake.read("administrations", "purpose = 'therapy'").set_index("patient_id")
+    for s in samples:
+        grid = s.dose_gy_per_gbq
+        assert s.pet_suv.same_grid(grid) and s.ct_hu.same_grid(grid)
+        assert all(m.shape == grid.array.shape for m in s.masks.values())
+        assert s.method == "ldm"
+        assert s.activity_gbq == pytest.approx(admin.loc[s.patient_id, "activity_mbq"] / 1000)
+        assert s.registration is not None and not s.registration.failed
+        assert s.registration.ncc_after > s.registration.ncc_before
+        for voi in ("kidney_left", "kidney_right", "liver"):
+            mean = float(grid.array[s.masks[voi]].mean())
+            assert mean == pytest.approx(
+                od.loc[(s.patient_id, voi), "dose_per_activity_gy_per_gbq"], rel=0.03), voi
+        # the grid is the dose map's, cropped to the body
+        dose = lake.volume("dose_maps", s.dose_map_id)
+        assert grid.spacing_mm == dose.spacing_mm and grid.array.size < dose.array.size
+        assert grid.array.sum() * s.activity_gbq == pytest.approx(
+            float(dose.array.sum()), rel=1e-3)
+
+
+def test_registered_pet_puts_kidney_uptake_in_the_kidneys(world):
+    _, _, samples, _ = world
+    for s in samples:
+        body_suv = s.pet_suv.array[s.body].mean()
+        for kidney in ("kidney_left", "kidney_right"):
+            assert s.pet_suv.array[s.masks[kidney]].mean() > 3 * body_suv
+        assert s.ct_hu.array[~s.body].mean() < -800  # air around the body
+        assert s.ct_hu.array[s.masks["liver"]].mean() == pytest.approx(50, abs=60)
+
+
+def test_training_lowers_the_loss_and_predicts_on_the_inputs_grid(world):
+    lake, _, samples, model = world
+    assert len(model.history_) == 20 and np.isfinite(model.history_).all()
+    assert np.mean(model.history_[-5:]) < 0.85 * model.history_[0]
+    assert model.gy_per_gbq_per_suv_ == pytest.approx(
+        SuvScaledDose().fit(samples).gy_per_gbq_per_suv_)
+    s = samples[0]
+    pred = model.predict(s.pet_suv, s.ct_hu)
+    assert pred.same_grid(s.pet_suv)
+    assert np.isfinite(pred.array).all() and pred.array.min() >= 0 and pred.array.max() > 0
+    # the native PET grid (8 x 8 x 10 mm, not the 8.84 mm training grid) and its own CT
+    row = lake.read("images", "id = ?", [s.pet_image_id]).iloc[0]
+    pet = Volume.from_row(row.to_dict())
+    ct_row = lake.read("images", "kind = 'ct' AND frame_of_reference_key = ?",
+                       [row.frame_of_reference_key]).iloc[0]
+    native = model.predict(pet.like(pet.array * np.float32(row.suvbw_per_bqml)),
+                           Volume.from_row(ct_row.to_dict()))
+    assert native.same_grid(pet) and not pet.same_grid(s.pet_suv)
+    assert np.isfinite(native.array).all() and native.array.min() >= 0
+    assert native.array.sum() * native.voxel_volume_ml == pytest.approx(
+        pred.array.sum() * pred.voxel_volume_ml, rel=0.25)  # the same patient, other grid
+
+
+def test_save_and_load_give_the_same_predictions(world, tmp_path):
+    _, _, samples, model = world
+    s = samples[1]
+    want = model.predict(s.pet_suv, s.ct_hu).array
+    folder = model.save(tmp_path / "model")
+    model.save(folder)  # overwriting an existing model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporaries left
+    loaded = VoxelDoseModel.load(folder)
+    assert loaded.get_params() == model.get_params()
+    assert loaded.spacing_mm_ == model.spacing_mm_ and loaded.history_ == model.history_
+    np.testing.assert_array_equal(loaded.predict(s.pet_suv, s.ct_hu).array, want)
+    with pytest.raises(FileNotFoundError, match="not a saved voxel dose model"):
+        VoxelDoseModel.load(tmp_path)
+
+
+def test_same_random_state_same_model(world):
+    _, _, samples, _ = world
+    s = samples[2]
+    state = torch.get_rng_state()
+    a, b, c = (VoxelDoseModel(epochs=2, random_state=seed, **SMALL).fit(samples)
+               for seed in (7, 7, 8))
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is left alone
+    np.testing.assert_array_equal(a.predict(s.pet_suv, s.ct_hu).array,
+                                  b.predict(s.pet_suv, s.ct_hu).array)
+    assert not np.array_equal(a.predict(s.pet_suv, s.ct_hu).array,
+                              c.predict(s.pet_suv, s.ct_hu).array)
+
+
+def test_evaluation_compares_the_network_with_the_suv_baseline(world):
+    _, pids, samples, model = world
+    baseline = SuvScaledDose().fit(samples)
+    ev = evaluate_voxel(model, samples, baseline)
+    assert set(ev.predictor) == {"network", "baseline"} and set(ev.patient_id) == set(pids)
+    organs = ev[ev.voi.isin(["kidney_left", "kidney_right", "liver", "spleen"])]
+    assert np.isfinite(organs.relative_error).all() and np.isfinite(organs.mae_gy_per_gbq).all()
+    # measured means are the targets'; the baseline's k keeps the pooled body dose
+    body = ev[ev.voi == "body"].assign(
+        measured=lambda d: d.measured_gy_per_gbq * d.voxels,
+        predicted=lambda d: d.predicted_gy_per_gbq * d.voxels).groupby("predictor").sum()
+    assert body.loc["baseline", "predicted"] == pytest.approx(body.loc["baseline", "measured"],
+                                                              rel=1e-4)
+    kidney = ev[(ev.voi == "kidney_left") & (ev.patient_id == pids[0])]
+    assert kidney.measured_gy_per_gbq.iloc[0] == pytest.approx(
+        samples[0].dose_gy_per_gbq.array[samples[0].masks["kidney_left"]].mean())
+    summary = summarise_voxel(ev)
+    assert set(summary.index) == {(p, g) for p in ("baseline", "network")
+                                  for g in ("body", "organ", "lesion")}
+    assert np.isfinite(summary.median_abs_relative_error).all()
+    print("\norgan-mean and voxel errors on the training patients (20 epochs):\n",
+          summary.round(3).to_string())
+
+
+def test_missing_data_is_an_error_naming_the_patient(world, caplog):
+    lake, pids, _, _ = world
+    with pytest.raises(VoxelDataError, match="patient PNOPET: no pre-therapy PET"):
+        voxel_samples(lake, ["PNOPET"])
+    with pytest.raises(VoxelDataError, match=r"patient PNODOSE: no cycle-1 dose map \(ldm\)"):
+        voxel_samples(lake, ["PNODOSE"])
+    with caplog.at_level(logging.INFO, logger="theralake.modeling.dose_voxel"):
+        assert voxel_samples(lake, method="vsv") == []  # skipped when not asked for by name
+    for pid in [*pids, "PNOPET", "PNODOSE"]:
+        assert f"patient {pid}: no cycle-1 dose map (vsv)" in caplog.text
+
+
+def test_bad_use_is_refused(world):
+    _, _, samples, _ = world
+    with pytest.raises(RuntimeError, match="not fitted"):
+        VoxelDoseModel().predict(samples[0].pet_suv, samples[0].ct_hu)
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        VoxelDoseModel(channels=(8, 16, 32), patch_voxels=30).fit(samples)
+    with pytest.raises(ValueError, match="at least one"):
+        VoxelDoseModel().fit([])
