@@ -93,7 +93,7 @@ class OrganSegmenter:
                 raise ValueError("a label map is not on its CT's grid")
             res, x = self._prepare(ct)
             y = _resample(lab.like(lab.array.astype(np.uint8)), c.spacing_mm, nearest=True).array
-            data.append((_pad_to(x, c.patch_voxels, x.min()), _pad_to(y, c.patch_voxels, 0)))
+            data.append((pad_to(x, c.patch_voxels, x.min()), pad_to(y, c.patch_voxels, 0)))
         net = self._build()
         opt = torch.optim.Adam(net.parameters(), lr=c.learning_rate)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -109,7 +109,7 @@ class OrganSegmenter:
                 xs, ys = [], []
                 for i, _ in order[b:b + c.batch_size]:
                     x, y = data[i]
-                    sl = _random_patch(y, c.patch_voxels, rng)
+                    sl = random_patch(y, c.patch_voxels, rng)
                     xs.append(x[sl][None])
                     ys.append(y[sl][None])
                 opt.zero_grad()
@@ -211,12 +211,12 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     return comps == (int(np.argmax(sizes)) + 1)
 
 
-def _pad_to(arr: np.ndarray, size: int, value: float) -> np.ndarray:
+def pad_to(arr: np.ndarray, size: int, value: float) -> np.ndarray:
     pads = [(0, max(0, size - n)) for n in arr.shape]
     return np.pad(arr, pads, constant_values=value) if any(p[1] for p in pads) else arr
 
 
-def _random_patch(labels: np.ndarray, size: int, rng: np.random.Generator
+def random_patch(labels: np.ndarray, size: int, rng: np.random.Generator
                   ) -> tuple[slice, slice, slice]:
     """A patch centred on an organ voxel two times in three, anywhere otherwise."""
     fg = np.argwhere(labels > 0)

@@ -91,12 +91,14 @@ class Dataset:
         return pd.concat([self.X, y.add_prefix("target:")], axis=1)
 
 
-def patient_frame(lake: Lake, config: dict | None = None, cycle: int = 1) -> pd.DataFrame:
+def patient_frame(lake: Lake, config: dict | None = None, cycle: int = 1,
+                  patient_id: str | None = None) -> pd.DataFrame:
     """Every candidate column, one row per patient with a ``cycle`` therapy (or clinical
-    data), index ``patient_id``."""
+    data), index ``patient_id``; only ``patient_id``'s row when given."""
     config = config or load_modeling_config()
-    parts = [_clinical(lake), _dosimetry(lake, config["dosimetry_methods"], cycle),
-             _administration(lake, cycle), _features(lake, cycle)]
+    only = _Only(patient_id)
+    parts = [_clinical(lake, only), _dosimetry(lake, config["dosimetry_methods"], cycle, only),
+             _administration(lake, cycle, only), _features(lake, cycle, only)]
     parts = [p for p in parts if not p.empty]
     if not parts:
         return pd.DataFrame()
@@ -106,8 +108,23 @@ def patient_frame(lake: Lake, config: dict | None = None, cycle: int = 1) -> pd.
     return df[keep]
 
 
-def _clinical(lake: Lake) -> pd.DataFrame:
-    df = lake.read("clinical").sort_values("created_utc")
+@dataclass
+class _Only:
+    """A WHERE clause (and its parameters) restricting reads to one patient, or to none."""
+
+    patient_id: str | None
+
+    def where(self, clause: str | None = None, params: list | None = None
+              ) -> tuple[str | None, list]:
+        if self.patient_id is None:
+            return clause, list(params or [])
+        mine = "patient_id = ?"
+        return (f"{clause} AND {mine}" if clause else mine), [*(params or []),
+                                                              self.patient_id]
+
+
+def _clinical(lake: Lake, only: _Only) -> pd.DataFrame:
+    df = lake.read("clinical", *only.where()).sort_values("created_utc")
     if df.empty:
         return pd.DataFrame()
     num = df[df.value_num.notna()].pivot_table(index="patient_id", columns="variable",
@@ -125,15 +142,11 @@ def _clinical(lake: Lake) -> pd.DataFrame:
     return pd.concat(out, axis=1)
 
 
-def _dosimetry(lake: Lake, methods: list[str], cycle: int) -> pd.DataFrame:
-    df = lake.read("organ_dosimetry")
+def _dosimetry(lake: Lake, methods: list[str], cycle: int, only: _Only) -> pd.DataFrame:
+    df = lake.read("organ_dosimetry", *only.where())
     if df.empty:
         return pd.DataFrame()
-    rank = {m: i for i, m in enumerate(methods)}
-    df["rank"] = df.method.map(rank).fillna(len(rank))
-    best = df.groupby("patient_id")["rank"].transform("min")  # one method per patient
-    df = df[df["rank"] == best].sort_values("created_utc")
-    df = df.groupby(["patient_id", "cycle", "voi"]).last().reset_index()
+    df = preferred_dosimetry(df, methods)
     now = df[df.cycle == cycle]
     wide = now.pivot_table(index="patient_id", columns="voi", values=list(DOSIMETRY_QUANTITIES),
                            aggfunc="last")
@@ -143,18 +156,26 @@ def _dosimetry(lake: Lake, methods: list[str], cycle: int) -> pd.DataFrame:
     return pd.concat([wide, total], axis=1)
 
 
-def _administration(lake: Lake, cycle: int) -> pd.DataFrame:
-    df = lake.read("administrations", "purpose = 'therapy' AND cycle = ?", [cycle])
+def preferred_dosimetry(df: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """``organ_dosimetry`` rows of one method per patient (the first of ``methods`` it has,
+    else any), the newest row per cycle and VOI."""
+    rank = df.method.map({m: i for i, m in enumerate(methods)}).fillna(len(methods))
+    df = df[rank == rank.groupby(df.patient_id).transform("min")].sort_values("created_utc")
+    return df.groupby(["patient_id", "cycle", "voi"]).last().reset_index()
+
+
+def _administration(lake: Lake, cycle: int, only: _Only) -> pd.DataFrame:
+    df = lake.read("administrations", *only.where("purpose = 'therapy' AND cycle = ?", [cycle]))
     if df.empty:
         return pd.DataFrame()
     return df.groupby("patient_id").activity_mbq.last().rename(
         "administration/activity_mbq").to_frame()
 
 
-def _features(lake: Lake, cycle: int) -> pd.DataFrame:
+def _features(lake: Lake, cycle: int, only: _Only) -> pd.DataFrame:
     from theralake.features.job import wide
 
-    df = wide(lake, "cycle = ? AND feature_class NOT LIKE '%:%'", [cycle])
+    df = wide(lake, *only.where("cycle = ? AND feature_class NOT LIKE '%:%'", [cycle]))
     if df.empty:
         return df
     return df.reset_index(level="cycle", drop=True)

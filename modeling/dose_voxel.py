@@ -37,7 +37,7 @@ import torch
 
 from theralake import __version__
 from theralake.dosimetry.registration import RegistrationResult, register_ct
-from theralake.dosimetry.segmentation import _pad_to, _random_patch
+from theralake.dosimetry.segmentation import pad_to, random_patch
 from theralake.dosimetry.voi_activity import mask_on, to_grid
 from theralake.lake import Lake, Volume
 
@@ -274,8 +274,8 @@ class VoxelDoseModel:
             target = s.dose_gy_per_gbq.array
             x = _inputs(s.pet_suv.array, s.ct_hu.array)
             hot = s.body & (target >= np.quantile(target[s.body], HOT_QUANTILE))
-            data.append((np.stack([_pad_to(c, p, c.min()) for c in x]),
-                         _pad_to(target.astype(np.float32), p, 0.0), _pad_to(hot, p, False)))
+            data.append((np.stack([pad_to(c, p, c.min()) for c in x]),
+                         pad_to(target.astype(np.float32), p, 0.0), pad_to(hot, p, False)))
         self.spacing_mm_ = tuple(float(v) for v in np.mean(
             [s.dose_gy_per_gbq.spacing_mm for s in samples], axis=0))
         offset = self.log_offset_gy_per_gbq_
@@ -375,7 +375,7 @@ class VoxelDoseModel:
 def _patches(data: list[tuple[np.ndarray, np.ndarray, np.ndarray]], size: int,
              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of random patches (inputs, targets) from (inputs, target, hot voxels) triples."""
-    boxes = [_random_patch(hot, size, rng) for _, _, hot in data]
+    boxes = [random_patch(hot, size, rng) for _, _, hot in data]
     x = np.stack([inputs[(slice(None), *box)] for (inputs, _, _), box in zip(data, boxes,
                                                                               strict=True)])
     y = np.stack([target[box][None] for (_, target, _), box in zip(data, boxes, strict=True)])

@@ -25,7 +25,12 @@ import pandas as pd
 
 from theralake.dosimetry.radiobiology import get_tissue
 from theralake.lake import Lake, stable_hash
-from theralake.modeling.dataset import DatasetError, load_modeling_config, patient_frame
+from theralake.modeling.dataset import (
+    DatasetError,
+    load_modeling_config,
+    patient_frame,
+    preferred_dosimetry,
+)
 from theralake.registry import tracking
 from theralake.registry.models import load_champion
 
@@ -94,8 +99,8 @@ def recommend(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     if lake.read("patients", "patient_id = ?", [patient_id]).empty:
         raise RecommendationError(f"no patient {patient_id!r} in the lake at {lake.path}")
     measured = _measured(lake, patient_id, cycle, config)
-    frame = patient_frame(lake, config)
-    row = frame.loc[[patient_id]] if patient_id in frame.index else None
+    frame = patient_frame(lake, config, patient_id=patient_id)
+    row = frame if patient_id in frame.index else None
     models: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         predicted = _model_doses(lake, row, tmp, models, required=measured.empty)
@@ -145,12 +150,7 @@ def recommend(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
 def _measured(lake: Lake, patient_id: str, cycle: int, config: dict) -> pd.DataFrame:
     """The patient's organ_dosimetry rows of cycles before ``cycle`` (one method)."""
     df = lake.read("organ_dosimetry", "patient_id = ? AND cycle < ?", [patient_id, cycle])
-    if df.empty:
-        return df
-    rank = {m: i for i, m in enumerate(config["dosimetry_methods"])}
-    df["rank"] = df.method.map(rank).fillna(len(rank))
-    df = df[df["rank"] == df["rank"].min()].sort_values("created_utc")
-    return df.groupby(["cycle", "voi"]).last().reset_index()
+    return df if df.empty else preferred_dosimetry(df, config["dosimetry_methods"])
 
 
 def _champion_or_none(lake: Lake, task: str, tmp: str, models: dict) -> object | None:
@@ -206,7 +206,6 @@ def _budget(lake: Lake, voi: str, organ: str, spec: dict, measured: pd.DataFrame
         bed = float(mine.bed_gy.sum())
         prior = {"absorbed_dose_gy": float(mine.absorbed_dose_gy.sum()), "bed_gy": bed,
                  "eqd2_gy": bed / (1.0 + 2.0 / ab)}[quantity]
-    if not mine.empty:
         last = mine.sort_values("cycle").iloc[-1]
         d = float(last.dose_per_activity_gy_per_gbq)
         rel = (float(last.tia_sigma_mbq_h) / float(last.tia_mbq_h)

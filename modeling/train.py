@@ -152,19 +152,13 @@ def _requirements() -> list[str]:
 
 def _write_predictions(lake: Lake, ds: Dataset, cv: CVResult, run_id: str) -> None:
     """Out-of-fold predictions as ``predictions`` rows (cycle 1, model_uri of the run)."""
-    uri = f"runs:/{run_id}/model"
-    rows = []
+    def number(value: object) -> float | None:
+        return None if value is None or pd.isna(value) else float(value)
+
     p = cv.predictions
-    targets = [c for c in p.columns if ":" not in c]
-    for pid, rec in p.iterrows():
-        for t in targets:
-            if pd.isna(rec[t]):
-                continue
-            rows.append({"id": stable_hash("prediction", run_id, pid, t), "patient_id": pid,
-                         "cycle": 1, "task": ds.task, "target": t, "value": float(rec[t]),
-                         "lower": rec.get(f"{t}:lower"), "upper": rec.get(f"{t}:upper")
-                         , "model_uri": uri})
-    for r in rows:
-        for k in ("lower", "upper"):
-            r[k] = None if r[k] is None or pd.isna(r[k]) else float(r[k])
+    rows = [{"id": stable_hash("prediction", run_id, pid, t), "patient_id": pid, "cycle": 1,
+             "task": ds.task, "target": t, "value": float(rec[t]),
+             "lower": number(rec.get(f"{t}:lower")), "upper": number(rec.get(f"{t}:upper")),
+             "model_uri": f"runs:/{run_id}/model"}
+            for pid, rec in p.iterrows() for t in p.columns if ":" not in t and pd.notna(rec[t])]
     lake.append("predictions", rows, params_hash=ds.hash)
