@@ -20,11 +20,17 @@ Units: ``values`` in mGy/(MBq·s) (dose per MBq·s of cumulated activity in the 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+from theralake import __version__
 
 from .nuclides import MEV_TO_J, get_nuclide
 from .point_kernels import RadialDeposition, electron_dpk, photon_dpk
@@ -132,13 +138,41 @@ def splat_radial(dep: RadialDeposition, voxel_mm: float, size: int, density_g_cm
     return out
 
 
-@lru_cache(maxsize=64)
-def _kernel_cached(nuclide: str, voxel_mm: float, size: int, density: float,
-                   include_photons: bool, beta_only: bool) -> VoxelKernel:
+def cache_dir() -> Path:
+    """Where computed kernels are kept between processes (``$THERALAKE_CACHE`` or
+    ``~/.cache/theralake``); they are deterministic, so a cached kernel equals a new one."""
+    return Path(os.environ.get("THERALAKE_CACHE", Path.home() / ".cache" / "theralake"))
+
+
+def _energy_maps(nuclide: str, voxel_mm: float, size: int, density: float,
+                 include_photons: bool, beta_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Energy per decay deposited in each voxel (MeV), electrons and photons; cached on disk."""
+    key = hashlib.sha256(repr((__version__, nuclide, voxel_mm, size, density, include_photons,
+                               beta_only)).encode()).hexdigest()[:24]
+    path = cache_dir() / "kernels" / f"{key}.npz"
+    try:
+        with np.load(path) as cached:
+            return cached["electrons"], cached["photons"]
+    except (OSError, KeyError, ValueError):
+        pass
     e_map = splat_radial(electron_dpk(nuclide, beta_only=beta_only), voxel_mm, size, density,
                          seed=11)
     p_map = (splat_radial(photon_dpk(nuclide), voxel_mm, size, density, seed=12)
              if include_photons else np.zeros_like(e_map))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npz")
+        np.savez(tmp, electrons=e_map, photons=p_map)
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: compute again next time
+        pass
+    return e_map, p_map
+
+
+@lru_cache(maxsize=64)
+def _kernel_cached(nuclide: str, voxel_mm: float, size: int, density: float,
+                   include_photons: bool, beta_only: bool) -> VoxelKernel:
+    e_map, p_map = _energy_maps(nuclide, voxel_mm, size, density, include_photons, beta_only)
     mass_kg = density * (voxel_mm / 10.0) ** 3 * 1e-3
     to_mgy = MEV_TO_J * 1e6 / mass_kg * 1e3  # MeV/decay -> mGy per MBq·s
     e_k, p_k = e_map * to_mgy, p_map * to_mgy

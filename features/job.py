@@ -245,24 +245,25 @@ def _deltas(rows: list[dict]) -> list[dict]:
     df = df[df.time_h.isna() | (df.image_kind != "spect") | df.image_id.isin(
         df[df.image_kind == "spect"].sort_values("time_h").groupby("cycle").image_id.first())]
     keys = ["voi", "image_kind", "feature_class", "feature"]
+    df = df.sort_values("cycle").drop_duplicates(keys + ["cycle"])
+    groups = df.groupby(keys, sort=False)
+    prev_value, prev_id = groups.value.shift(), groups.id.shift()
+    first_value, first_id = groups.value.transform("first"), groups.id.transform("first")
+    has_prev = prev_id.notna()
+    cur = df[has_prev]
+    changes = {"delta": cur.value - prev_value[has_prev],
+               "delta_baseline": cur.value - first_value[has_prev],
+               "reldelta": ((cur.value - prev_value[has_prev]) / prev_value[has_prev].abs())
+               .where(prev_value[has_prev] != 0)}
     out = []
-    for _, g in df.sort_values("cycle").groupby(keys):
-        g = g.drop_duplicates("cycle")
-        if len(g) < 2:
-            continue
-        first = g.iloc[0]
-        for prev, cur in zip(g.iloc[:-1].itertuples(), g.iloc[1:].itertuples(), strict=True):
-            base = cur._asdict()
-            base.pop("Index")
-            changes = {"delta": cur.value - prev.value,
-                       "delta_baseline": cur.value - first.value}
-            if prev.value != 0:
-                changes["reldelta"] = (cur.value - prev.value) / abs(prev.value)
-            for what, value in changes.items():
-                out.append({**base, "feature_class": f"{what}:{cur.feature_class}",
-                            "value": float(value),
-                            "id": stable_hash("feature", cur.id, what),
-                            "input_ids": [prev.id, cur.id, first.id]})
+    for i, base in zip(cur.index, cur.to_dict("records"), strict=True):
+        for what in ("delta", "delta_baseline", "reldelta"):
+            value = changes[what][i]
+            if what == "reldelta" and pd.isna(value):
+                continue
+            out.append({**base, "feature_class": f"{what}:{base['feature_class']}",
+                        "value": float(value), "id": stable_hash("feature", base["id"], what),
+                        "input_ids": [prev_id[i], base["id"], first_id[i]]})
     return out
 
 

@@ -110,6 +110,17 @@ def _extractor(params_json: str):  # noqa: ANN202 (pyradiomics object)
     return featureextractor.RadiomicsFeatureExtractor(json.loads(params_json))
 
 
+def _voxel_count(raw: dict, params: dict, image: Volume) -> int | None:
+    """The ROI's voxel count on the grid the shape features used (their voxel volume over one
+    voxel's), so that pyradiomics' diagnostics (``additionalInfo``, which hashes every image)
+    can stay off."""
+    volume = raw.get("original_shape_VoxelVolume")
+    if volume is None:
+        return None
+    spacing = params["setting"].get("resampledPixelSpacing") or image.spacing_mm
+    return round(float(volume) / float(np.prod(spacing)))
+
+
 def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: FeatureSet
                       ) -> dict[tuple[str, str], float]:
     """Radiomic features ``{(feature_class, feature): value}`` of ``mask`` (on the image grid).
@@ -140,7 +151,8 @@ def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: F
         raw = extractor.execute(img, msk, label=1)
     except (ValueError, RuntimeError, IndexError) as exc:
         raise ValueError(f"pyradiomics: {exc}") from exc
-    ibsi = to_ibsi(raw)  # IBSI names and definitions where pyradiomics has the feature
+    # IBSI names and definitions where pyradiomics has the feature
+    ibsi = to_ibsi(raw, n_voxels=_voxel_count(raw, params, image))
     names = _ibsi_names()
     out: dict[tuple[str, str], float] = {}
     for key, raw_value in raw.items():

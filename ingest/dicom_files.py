@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -137,16 +137,19 @@ def series_datetime(ds: Dataset) -> datetime | None:
     return acquisition_datetime(ds)
 
 
-def scan(root: Path, on_file: Callable[[int], None] | None = None
+def scan(roots: Path | Sequence[Path], on_file: Callable[[int], None] | None = None
          ) -> tuple[list[tuple[Path, Dataset]], list[IngestError], list[Path]]:
-    """Recursively find DICOM files; returns (headers, errors, other files).
+    """Recursively find DICOM files under files and folders; returns (headers, errors, other
+    files).
 
     ``on_file(total)`` is called once per file examined (for a progress bar).
     """
     headers: list[tuple[Path, Dataset]] = []
     errors: list[IngestError] = []
     others: list[Path] = []
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = [f for root in ([roots] if isinstance(roots, Path) else roots)
+             for f in ([root] if root.is_file() else
+                       sorted(p for p in root.rglob("*") if p.is_file()))]
     for path in files:
         if on_file is not None:
             on_file(len(files))

@@ -35,6 +35,10 @@ def image_row(im: PendingImage, timeline: PatientTimeline | None, pseudo: Pseudo
     return row
 
 
+#: ``vois.source`` of the VOIs that come from the user's data (not computed by theralake)
+IMPORTED_VOI_SOURCES = ("rtstruct", "seg", "nifti")
+
+
 def voi_row(raw_patient_id: str, voi: str, source_name: str, mask: np.ndarray, grid: Volume,
             source: str, pseudo: Pseudonymizer, reference: dict | None,
             frame_of_reference_uid: str | None) -> dict:

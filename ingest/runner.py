@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -42,6 +43,9 @@ class IngestOptions:
     calibration_file: Path | None = None
     mapping_file: Path | None = None
     show_progress: bool = True
+    #: keep table rows (clinical, outcomes, administrations) only of the patients whose images
+    #: are in the batch: a cohort ingested one patient folder at a time, with its tables
+    imaged_patients_only: bool = False
 
 
 @dataclass
@@ -91,19 +95,21 @@ class _Progress:
             self.bar.__exit__(*exc)
 
 
-def ingest(path: str | Path, lake: Lake, options: IngestOptions | None = None,
+def ingest(path: str | Path | Sequence[str | Path], lake: Lake,
+           options: IngestOptions | None = None,
            pseudonymizer: Pseudonymizer | None = None) -> IngestReport:
-    """Ingest a file or a folder (recursively) into the lake."""
+    """Ingest files and folders (recursively) into the lake, as one batch."""
     options = options or IngestOptions()
     pseudo = pseudonymizer or Pseudonymizer()
-    root = Path(path)
+    roots = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     report = IngestReport()
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: no such file or folder")
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such file or folder")
     run = _Run(lake, pseudo, report)
     with _Progress(options.show_progress) as progress:
         task = progress.task("scanning files", None)
-        headers, errors, others = scan(root, lambda total: progress.advance(task, total))
+        headers, errors, others = scan(roots, lambda total: progress.advance(task, total))
         report.skipped += errors
         mapping = run.load_mapping(options, others)
         calibration = CalibrationTable(default_cps_per_mbq=options.calibration_cps_per_mbq)
@@ -127,19 +133,24 @@ def ingest(path: str | Path, lake: Lake, options: IngestOptions | None = None,
         for p in others:
             if p.name.endswith((".nii", ".nii.gz")):
                 run.attempt(lambda p=p: run.add_nifti(read_nifti(p)), str(p))
-        run.build_timelines()
-        task = progress.task("writing images", len(run.images))
-        for im in run.images:
-            run.attempt(lambda im=im: run.write_image(im), im.source_label)
-            progress.advance(task)
-        task = progress.task("writing VOIs", len(structures) + len(run.label_maps))
-        for s in structures:
-            run.attempt(lambda s=s: run.write_structures(s, mapping), s.label)
-            progress.advance(task)
-        for lm in run.label_maps:
-            run.attempt(lambda lm=lm: run.write_label_map(lm, mapping), lm.source_label)
-            progress.advance(task)
-        run.write_tables()
+        if options.imaged_patients_only:
+            run.keep_patients({obj.raw_patient_id for obj in run.images + run.label_maps})
+        # reading (above) runs in parallel; placing on timelines and writing is one ingest at
+        # a time, so that two batches holding the same patient agree on its timeline
+        with lake.exclusive("ingest"):
+            run.build_timelines()
+            task = progress.task("writing images", len(run.images))
+            for im in run.images:
+                run.attempt(lambda im=im: run.write_image(im), im.source_label)
+                progress.advance(task)
+            task = progress.task("writing VOIs", len(structures) + len(run.label_maps))
+            for s in structures:
+                run.attempt(lambda s=s: run.write_structures(s, mapping), s.label)
+                progress.advance(task)
+            for lm in run.label_maps:
+                run.attempt(lambda lm=lm: run.write_label_map(lm, mapping), lm.source_label)
+                progress.advance(task)
+            run.write_tables()
     return report
 
 
@@ -198,6 +209,12 @@ class _Run:
                          "administrations* or calibration*, or map it)", p)
                 continue
             self.attempt(lambda p=p, kind=kind: readers[kind](p, mapping.spec(kind)), str(p))
+
+    def keep_patients(self, raw_ids: set[str]) -> None:
+        """Drop the table rows of every other patient."""
+        self.admins = [a for a in self.admins if a.raw_patient_id in raw_ids]
+        self.clinical = [r for r in self.clinical if r["raw_patient_id"] in raw_ids]
+        self.outcomes = [r for r in self.outcomes if r["raw_patient_id"] in raw_ids]
 
     def add_nifti(self, obj: PendingImage | PendingLabels) -> None:
         (self.label_maps if isinstance(obj, PendingLabels) else self.images).append(obj)

@@ -239,6 +239,24 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("details", _str),  # JSON
         LINEAGE_COLUMNS,
     ),
+    "run_log": _schema(  # one row per task outcome of `theralake run` (a log: never rewritten)
+        pa.field("id", _str, nullable=False),
+        pa.field("run_id", _str, nullable=False),
+        pa.field("step", _str, nullable=False),  # ingest, dosimetry, features, train
+        pa.field("task", _str, nullable=False),  # e.g. dosimetry/P1234/2
+        pa.field("patient_id", _str),
+        pa.field("cycle", _i64),
+        pa.field("inputs_hash", _str),  # content hash of the task's inputs and settings
+        pa.field("status", _str, nullable=False),  # done, failed, skipped, retried
+        pa.field("error", _str),
+        pa.field("attempt", _i64),
+        pa.field("start_utc", pa.timestamp("us", tz="UTC")),
+        pa.field("end_utc", pa.timestamp("us", tz="UTC")),
+        pa.field("seconds", _f64),
+        pa.field("engine", _str),
+        pa.field("worker", _str),  # host:pid that ran it
+        LINEAGE_COLUMNS,
+    ),
 }
 
 CORE_TABLES: tuple[str, ...] = tuple(SCHEMAS)

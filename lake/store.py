@@ -166,6 +166,16 @@ class Lake:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the lake's lock ``name`` (one holder at a time across processes)."""
+        with open(self.path / f".{name}.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def append(self, table: str, rows: Iterable[Mapping] | pd.DataFrame,
                input_ids: Iterable[str] | None = None, params_hash: str | None = None) -> int:
         """Append rows atomically; rows whose ``id`` is already in the table are skipped.

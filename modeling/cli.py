@@ -15,7 +15,7 @@ from theralake.lake import Lake, LakeError
 TaskOption = Annotated[str, typer.Option(help="pfs | os | response | toxicity | dose")]
 ModelOption = Annotated[str, typer.Option(
     help="survival: cox, coxnet, rsf, xgb, xgb-aft, deepsurv; response/toxicity: logistic, "
-         "xgb; dose: ridge, xgb")]
+         "xgb; dose: ridge, xgb, voxel (the PET/CT -> dose map network)")]
 FeaturesOption = Annotated[str | None, typer.Option(
     "--features", help="feature set: names joined by '+' (e.g. clinical+tumour_dose) or a "
                        "YAML file with include:; default: the task's")]
@@ -42,6 +42,24 @@ def _metrics_table(metrics: dict[str, float], title: str) -> None:
     Console().print(table)
 
 
+def _train_voxel(task: str, config: Path | None, seed: int, register_model: bool,
+                 epochs: int | None, lake: Path | None) -> None:
+    from theralake.modeling.dataset import DatasetError, load_modeling_config
+    from theralake.modeling.train_voxel import train_voxel
+
+    if task != "dose":
+        _fail(ValueError(f"--model voxel is a dose model, not one of task {task!r}"))
+    try:
+        res = train_voxel(Lake(lake, create=False), load_modeling_config(config), seed,
+                          register_model, epochs)
+    except (DatasetError, LakeError, ValueError) as exc:
+        _fail(exc)
+    _metrics_table(res.metrics, f"dose / voxel (trained on {len(res.train_patients)} patients, "
+                                f"held out {len(res.held_out_patients)})")
+    where = f"{res.model_name} version {res.version} @candidate" if res.version else "-"
+    typer.echo(f"run {res.run_id}; registered: {where}; dataset {res.dataset_hash[:12]}")
+
+
 def register(app: typer.Typer) -> None:
     models = typer.Typer(help="The model registry: list, promote (with the gate), cards.",
                          no_args_is_help=True)
@@ -53,12 +71,18 @@ def register(app: typer.Typer) -> None:
                       register_model: Annotated[bool, typer.Option(
                           "--register/--no-register",
                           help="add a registry version with alias @candidate")] = True,
+                      epochs: Annotated[int | None, typer.Option(
+                          help="voxel model: training epochs (default: the config's)")] = None,
                       lake: LakeOption = None) -> None:
-        """Validate a model by nested cross-validation, fit it on all patients, track it."""
+        """Validate a model by nested cross-validation, fit it on all patients, track it
+        (--model voxel: fit on a patient split, score the held-out patients)."""
         from theralake.modeling.dataset import DatasetError, load_modeling_config
         from theralake.modeling.train import train
 
         warnings.filterwarnings("ignore", category=UserWarning)
+        if model == "voxel":
+            _train_voxel(task, config, seed, register_model, epochs, lake)
+            return
         try:
             res = train(Lake(lake, create=False), task, model, features,
                         load_modeling_config(config), seed, register_model)

@@ -82,7 +82,8 @@ def make_estimator(kind: str, name: str, config: dict, seed: int = 0) -> BaseEst
     inner = config["validation"]["inner_folds"]
     splitter = (StratifiedKFold if kind == "binary" else KFold)(inner, shuffle=True,
                                                                 random_state=seed)
-    tuned = GridSearchCV(pipe, grid, cv=splitter, scoring="roc_auc" if kind == "binary" else None,
+    scoring = config["validation"].get("binary_scoring", "roc_auc") if kind == "binary" else None
+    tuned = GridSearchCV(pipe, grid, cv=splitter, scoring=scoring,
                          error_score="raise") if grid else pipe
     if kind == "regression":
         return MultiTargetConformal(tuned, coverage=config["validation"]["coverage"],

@@ -122,3 +122,37 @@ def dose_figures(ds: Dataset, cv: CVResult, folder: Path) -> None:
     fig.tight_layout()
     fig.savefig(folder / "dose_predicted_vs_measured.png", dpi=100)
     plt.close(fig)
+
+
+def voxel_figures(evaluation: pd.DataFrame, measured: np.ndarray,
+                  predicted: dict[str, np.ndarray], focus: np.ndarray, title: str,
+                  folder: Path) -> None:
+    """Predicted vs measured VOI mean dose per GBq per predictor (``evaluate_voxel`` rows),
+    and one patient's maps on the axial slice with the most measured dose in ``focus`` (a
+    mask, e.g. the organs), coloured up to the highest measured dose in it."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ev = evaluation[(evaluation.voi != "body") & (evaluation.measured_gy_per_gbq > 0)]
+    for (name, lesion), g in ev.groupby([ev.predictor, ev.voi.str.startswith("lesion_")]):
+        ax.scatter(g.measured_gy_per_gbq, g.predicted_gy_per_gbq.clip(lower=1e-3), s=14,
+                   alpha=0.6, marker="^" if lesion else "o",
+                   label=f"{name}, {'lesions' if lesion else 'organs'}")
+    lim = [float(ev.measured_gy_per_gbq.min()) / 2, float(ev.measured_gy_per_gbq.max()) * 2]
+    ax.plot(lim, lim, "k--", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="measured VOI mean (Gy/GBq)",
+           ylabel="predicted VOI mean (Gy/GBq)", title="held-out patients")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "voxel_predicted_vs_measured.png", dpi=110)
+    plt.close(fig)
+    inside = np.where(focus, measured, 0.0)
+    z = int(np.argmax(inside.sum(axis=(1, 2))))
+    maps = {"measured": measured, **predicted}
+    vmax = float(inside.max()) or 1.0
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.4 * len(maps), 3.4), squeeze=False)
+    for ax, (name, arr) in zip(axes[0], maps.items(), strict=True):
+        im = ax.imshow(arr[z], cmap="inferno", vmin=0, vmax=vmax, origin="lower")
+        ax.set(title=f"{name} (slice {z})", xticks=[], yticks=[])
+    fig.colorbar(im, ax=axes[0].tolist(), label="Gy/GBq", shrink=0.8)
+    fig.suptitle(title)
+    fig.savefig(folder / "voxel_dose_slice.png", dpi=110)
+    plt.close(fig)

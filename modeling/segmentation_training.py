@@ -239,13 +239,9 @@ def train_segmenter(lake: Lake, config: SegmenterConfig | None = None, val_fract
                          "dice_per_val_case": per_case}, "split.json")
         with tempfile.TemporaryDirectory(prefix="theralake-seg-") as tmp:
             folder = seg.save(Path(tmp) / segmenter_model.ARTIFACT)
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=segmenter_model.OrganSegmenterModel(),
-                artifacts={segmenter_model.ARTIFACT: str(folder)},
-                signature=segmenter_model.signature(),
-                input_example=segmenter_model.input_example(),
-                pip_requirements=segmenter_model.pip_requirements(),
-                registered_model_name=register_as)
+            info = segmenter_model.log_weights(
+                segmenter_model.OrganSegmenterModel(), folder, segmenter_model.signature(),
+                segmenter_model.input_example(), register_as)
         version = str(info.registered_model_version)
         client.set_registered_model_alias(register_as, alias, version)
         client.set_model_version_tag(register_as, version, "organs", ",".join(config.organs))

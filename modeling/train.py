@@ -75,6 +75,9 @@ def train(lake: Lake, task: str, model: str, features: str | None = None,
     """Validate ``model`` on ``task`` by nested cross-validation, fit it on all patients, log
     everything to MLflow and (``register``) add a registry version with alias ``@candidate``.
     """
+    if model == "voxel":
+        raise ValueError("the voxel dose network is trained by theralake.modeling.train_voxel."
+                         "train_voxel (theralake train --task dose --model voxel)")
     config = config or load_modeling_config()
     ds = build_dataset(lake, task, features, config)
     cv = cross_validate(ds, model, config, seed, progress)
@@ -96,10 +99,7 @@ def train(lake: Lake, task: str, model: str, features: str | None = None,
     version = None
     if name:
         version = str(info.registered_model_version)
-        client = tracking.client(lake)
-        client.set_registered_model_alias(name, CANDIDATE, version)
-        for key, value in _tags(ds, model).items():
-            client.set_model_version_tag(name, version, key, value)
+        tracking.set_alias(lake, name, version, CANDIDATE, _tags(ds, model))
     _write_predictions(lake, ds, cv, run_id)
     return TrainResult(ds, cv, final, run_id, name, version)
 

@@ -18,6 +18,7 @@ from theralake.lake import Lake, LakeError
 from theralake.modeling.cli import register as register_modeling
 from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
+from theralake.pipelines.report import register as register_report
 from theralake.synth.cli import register as register_synth
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -31,6 +32,7 @@ register_segmentation_training(app)
 register_registration_training(app)
 register_features(app)
 register_modeling(app)
+register_report(app)
 
 
 @app.command("sql")
@@ -111,12 +113,72 @@ def export_command(
         raise typer.Exit(2) from exc
 
 
-@app.command("demo")
-def demo_command(lake: LakeOption = None) -> None:
-    """Ingest the sample DICOM shipped with pydicom into a lake and show what it holds."""
-    from theralake.pipelines.demo import run_demo
+@app.command("run")
+def run_command(
+    source: Annotated[Path | None, typer.Option(
+        help="folder to ingest (one sub-folder per patient, tables at the top)")] = None,
+    steps: Annotated[str | None, typer.Option(
+        help="comma-separated steps: ingest,dosimetry,features,train (default: all)")] = None,
+    engine: Annotated[str, typer.Option(help="local (process pool) | ray")] = "local",
+    workers: Annotated[int, typer.Option(help="parallel tasks")] = 2,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (e.g. auto); default: start a local Ray")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="pipeline YAML (updates the packaged default)")] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait/--no-wait", help="wait for another run on this lake instead of refusing")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    lake: LakeOption = None,
+) -> None:
+    """Run the whole flow (or some steps) over a cohort: incremental (unchanged tasks are
+    skipped), resumable after a crash, on local processes or Ray."""
+    from theralake.pipelines.lock import LakeBusy
+    from theralake.pipelines.runner import load_pipeline_settings, run_pipeline
 
-    run_demo(lake)
+    try:
+        settings = load_pipeline_settings(config)
+        chosen = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
+        if chosen and "ingest" in chosen and source is None:
+            raise ValueError("the ingest step needs --source")
+        if chosen is None and source is None:
+            chosen = [s for s in settings["steps"] if s != "ingest"]
+        the_lake = Lake(lake, create=source is not None)
+        summary = run_pipeline(the_lake, chosen, source, engine, workers, address, settings,
+                               wait, progress=not quiet)
+    except LakeBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc
+    except (LakeError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(summary.table())
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo_command(
+    patients: Annotated[int, typer.Option(help="synthetic patients")] = 24,
+    cycles: Annotated[int, typer.Option(help="therapy cycles per patient")] = 2,
+    small: Annotated[bool, typer.Option(
+        "--small/--full-size", help="coarse 8 mm grids (default) or clinical 4 mm grids")
+    ] = True,
+    workers: Annotated[int, typer.Option(help="parallel tasks")] = 2,
+    engine: Annotated[str, typer.Option(help="local | ray")] = "local",
+    seed: Annotated[int, typer.Option(help="cohort seed")] = 7,
+    lake: LakeOption = None,
+) -> None:
+    """The whole flow on a synthetic cohort: synthesise, ingest, dosimetry, features, models,
+    promotion, recommendations and a cohort report, with a short summary."""
+    from theralake.pipelines.demo import DemoOptions, run_demo
+
+    try:
+        run_demo(DemoOptions(patients, cycles, small, workers, engine, seed,
+                             lake or Path("demo_lake")))
+    except (LakeError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def main() -> None:

@@ -1,40 +1,157 @@
-"""The demo: ingest the sample DICOM files that ship with pydicom into a lake."""
+"""``theralake demo``: the whole flow on a synthetic cohort, with a short summary.
+
+Synthesise a cohort (digital twins), run ingest, dosimetry, features and training through
+:func:`run_pipeline`, promote the models that pass the gate, recommend the next cycle's
+activity for three patients and write the cohort report. Everything lands in the demo lake;
+the cohort folder sits beside it, and a second demo with the same options reuses both (the run
+is incremental).
+"""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from theralake.ingest.runner import IngestOptions, ingest
 from theralake.lake import Lake
+from theralake.pipelines.runner import RunSummary, load_pipeline_settings, run_pipeline
 
-SAMPLE_FILES = ("CT_small.dcm", "rtstruct.dcm", "rtdose.dcm", "liver_1frame.dcm")
+#: the demo's settings: rigid registration and first-order radiomics keep a cohort of 24
+#: patients within 15 minutes on 2 cores; `theralake run` defaults to the full settings
+DEMO_SETTINGS = {
+    "dosimetry": {"overrides": {"registration": "rigid"}},
+    "features": {"set": "minimal"},
+    "train": [{"task": "pfs", "model": "cox"}, {"task": "response", "model": "logistic"},
+              {"task": "dose", "model": "ridge"}],
+}
+RECOMMENDED_PATIENTS = 3
+#: SPECT/CT at 4, 24 and 168 h after each administration: a common three-point protocol
+TIME_POINTS_H = (4.0, 24.0, 168.0)
 
 
-def sample_dicom_folder(dest: Path) -> Path:
-    """Copy pydicom's bundled CT, RTSTRUCT, RTDOSE and SEG test files into ``dest``."""
-    from pydicom.data import get_testdata_file
+@dataclass
+class DemoOptions:
+    patients: int = 24
+    cycles: int = 2
+    small: bool = True
+    workers: int = 2
+    engine: str = "local"
+    seed: int = 7
+    lake: Path = Path("demo_lake")
 
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in SAMPLE_FILES:
-        shutil.copy(get_testdata_file(name), dest / name)
-    return dest
+
+def _cohort(options: DemoOptions, folder: Path) -> float:
+    """Synthesise the cohort unless the folder already holds this one; returns seconds."""
+    from theralake.synth.cohort import generate_cohort
+    from theralake.synth.config import SynthConfig
+
+    stamp = folder / ".demo.json"
+    wanted = {k: v for k, v in asdict(options).items() if k in ("patients", "cycles", "small",
+                                                                   "seed")}
+    wanted["time_points_h"] = list(TIME_POINTS_H)
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        return 0.0
+    t0 = time.perf_counter()
+    generate_cohort(SynthConfig(patients=options.patients, cycles=options.cycles,
+                                seed=options.seed, small=options.small,
+                                time_points_h=TIME_POINTS_H), folder)
+    stamp.write_text(json.dumps(wanted))
+    return time.perf_counter() - t0
 
 
-def run_demo(lake_path: Path | None = None) -> None:
+def _promote_all(lake: Lake) -> list[tuple[str, str, str]]:
+    """Try to promote each model's newest version; (name, version, outcome)."""
+    from theralake.registry.models import PromotionRefused, list_models, promote
+
+    models = list_models(lake)
+    out = []
+    if models.empty:
+        return out
+    for name, group in models.groupby("name"):
+        version = str(group.version.max())
+        try:
+            promote(lake, name, version)
+            out.append((name, version, "promoted to @champion"))
+        except PromotionRefused as exc:
+            out.append((name, version, "refused: " + "; ".join(
+                line.strip() for line in str(exc).splitlines()[1:])))
+    return out
+
+
+def _recommend(lake: Lake, cycle: int) -> list[tuple[str, str]]:
+    from theralake.modeling.recommend import RecommendationError, recommend
+
+    patients = sorted(lake.sql("SELECT DISTINCT patient_id FROM organ_dosimetry").patient_id)
+    out = []
+    for pid in patients[:RECOMMENDED_PATIENTS]:
+        try:
+            rec = recommend(lake, pid, cycle)
+            out.append((pid, f"cycle {cycle}: " + rec.explanation.split("; no @champion")[0]))
+        except RecommendationError as exc:
+            out.append((pid, f"no recommendation: {exc}"))
+    return out
+
+
+def _reports(lake: Lake, patient_id: str | None) -> list[Path]:
+    from theralake.pipelines.report import patient_report
+    from theralake.pipelines.report_cohort import cohort_report
+
+    folder = lake.path / "reports"
+    paths = [cohort_report(lake, folder / "cohort.html")]
+    if patient_id:
+        paths.append(patient_report(lake, patient_id, folder / f"patient-{patient_id}.html"))
+    return paths
+
+
+def run_demo(options: DemoOptions) -> RunSummary:
+    """Run the demo and print its summary."""
     from rich.console import Console
 
     console = Console()
-    lake = Lake(lake_path or Path("demo_lake"))
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = sample_dicom_folder(Path(tmp) / "pydicom_samples")
-        report = ingest(folder, lake, IngestOptions())
-    console.print(report.summary())
-    console.print(f"lake: {lake.path}")
-    console.print({table: n for table, n in lake.counts().items() if n})
-    console.print(lake.sql("SELECT patient_id, modality, kind, units, shape, spacing_mm, "
-                           "origin_mm FROM images ORDER BY modality").to_string(index=False))
-    console.print(lake.sql("SELECT patient_id, voi, source, voxel_count, round(volume_ml, 2) "
-                           "AS volume_ml FROM vois").to_string(index=False))
-    console.print('next: theralake sql "SELECT * FROM images" --lake ' + str(lake.path))
+    t_start = time.perf_counter()
+    lake = Lake(options.lake)
+    cohort = lake.path.parent / f"{lake.path.name}_cohort"
+    os.environ.setdefault("THERALAKE_KEY_FILE", str(cohort / ".pseudonym.key"))
+    console.rule(f"theralake demo: {options.patients} synthetic patients, {options.cycles} "
+                 f"cycles, {'8 mm' if options.small else '4 mm'} grids")
+    synth_s = _cohort(options, cohort)
+    settings = load_pipeline_settings(**DEMO_SETTINGS)
+    summary = run_pipeline(lake, None, cohort, options.engine, options.workers,
+                           settings=settings)
+    t0 = time.perf_counter()
+    promotions = _promote_all(lake)
+    recommendations = _recommend(lake, options.cycles + 1)
+    first = next((pid for pid, text in recommendations if "GBq:" in text), None)
+    reports = _reports(lake, first)
+    tail_s = time.perf_counter() - t0
+    _print_summary(console, lake, summary, synth_s, tail_s, promotions, recommendations,
+                   reports, time.perf_counter() - t_start)
+    return summary
+
+
+def _print_summary(console: object, lake: Lake, summary: RunSummary, synth_s: float,
+                   tail_s: float, promotions: list, recommendations: list, reports: list,
+                   total_s: float) -> None:
+    from theralake.registry.models import list_models
+
+    print_ = console.print  # type: ignore[attr-defined]
+    print_(f"synthesis: {synth_s:.0f} s" if synth_s else "synthesis: reused the cohort")
+    print_(summary.table())
+    models = list_models(lake)
+    if not models.empty:
+        newest = models.sort_values("version").groupby("name").tail(1)
+        cols = [c for c in ("name", "version", "harrell_c", "harrell_c_lower", "auc",
+                            "calibration_slope", "coverage", "median_abs_rel_error")
+                if c in newest.columns]
+        print_("models (nested cross-validation):")
+        print_(newest[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for name, version, outcome in promotions:
+        print_(f"promotion {name} v{version}: {outcome}")
+    for pid, text in recommendations:
+        print_(f"recommendation {pid}: {text}")
+    print_(f"promotion, recommendations and reports: {tail_s:.0f} s; total {total_s:.0f} s")
+    for path in reports:
+        print_(f"report: {path}")
+    print_(f"lake: {lake.path}  (theralake sql \"SELECT * FROM run_log\" --lake {lake.path})")

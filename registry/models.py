@@ -24,7 +24,8 @@ from theralake.registry import tracking
 
 CHAMPION = "champion"
 KEY_METRICS = ("harrell_c", "harrell_c_lower", "uno_c", "ibs", "auc", "auc_lower",
-               "calibration_slope", "coverage", "median_abs_rel_error")
+               "calibration_slope", "coverage", "median_abs_rel_error",
+               "organ_median_abs_rel_error", "lesion_median_abs_rel_error", "organ_error_ratio")
 
 
 class PromotionRefused(ValueError):
@@ -123,7 +124,32 @@ def model_card(lake: object, name: str, version: str, gate: dict | None = None) 
     shown = {"survival": ["harrell_c", "uno_c", "td_auc", "ibs", "calibration_slope",
                           "calibration_intercept", "logrank_p_risk", "logrank_p_dose"],
              "binary": ["auc", "brier", "calibration_slope", "calibration_intercept"],
-             "regression": ["median_abs_rel_error", "coverage", "median_rel_width"]}
+             "regression": ["median_abs_rel_error", "coverage", "median_rel_width"],
+             "voxel": ["organ_median_abs_rel_error", "lesion_median_abs_rel_error",
+                       "voxel_mae_gy_per_gbq", "baseline_organ_median_abs_rel_error",
+                       "baseline_lesion_median_abs_rel_error", "baseline_voxel_mae_gy_per_gbq",
+                       "organ_error_ratio"]}
+    if kind == "voxel":  # a network on images, validated on held-out patients
+        data = [f"- Patients {p.get('n_patients')}: pre-therapy PET (SUVbw) and CT, target the "
+                f"cycle-1 dose map ({p.get('method')}) per GBq administered."]
+        about = [f"- `voxel`: MONAI 3D U-Net (channels {p.get('channels')}) refining k x SUV, "
+                 f"{p.get('epochs')} epochs of {p.get('patch_voxels')}-voxel patches, L1 loss "
+                 "on log dose per GBq."]
+        validation = [f"- Patient-level split: {p.get('n_train_patients')} training and "
+                      f"{p.get('n_held_out_patients')} held-out patients (seed {p.get('seed')}); "
+                      "errors of the held-out VOI means against their dosimetry, beside the "
+                      "SUV-scaled baseline."]
+    else:
+        data = [f"- Patients {p.get('n_patients')}, events {p.get('n_events')}, candidate "
+                f"features {p.get('n_features')} (feature set `{p.get('feature_set')}`)."]
+        about = [f"- `{p.get('model')}`; preprocessing inside the cross-validation: median "
+                 "imputation with missing indicators, log of skewed columns, scaling, "
+                 f"correlation pruning, selection `{p.get('selection')}` (at most "
+                 f"{p.get('max_features')})."]
+        validation = [f"- Nested cross-validation: {p.get('outer_folds')} outer patient-level "
+                      f"folds, {p.get('inner_folds')} inner folds for tuning; 95 % intervals "
+                      f"from {p.get('bootstrap')} bootstrap resamples of the out-of-fold "
+                      "predictions."]
     lines = [
         f"# Model card: {name} version {version}", "",
         "## Intended use",
@@ -132,21 +158,18 @@ def model_card(lake: object, name: str, version: str, gate: dict | None = None) 
                         "worse), for cohort research and risk stratification.",
             "binary": "probability of the endpoint after the first cycle.",
             "regression": "first-cycle absorbed dose per GBq from pre-therapy data, with "
-                          "conformal prediction intervals, for activity planning."}.get(kind, ""),
+                          "conformal prediction intervals, for activity planning.",
+            "voxel": "first-cycle absorbed dose per GBq map from the pre-therapy PET/CT "
+                     "(a U-Net refining k x SUV), for activity planning."}.get(kind, ""),
         "- Decision support for trained staff only; not a substitute for measured dosimetry.",
         "", "## Data (TRIPOD+AI 5-8, 20)",
         f"- Source: the theralake lake, dataset hash `{p.get('dataset_hash')}`.",
-        f"- Patients {p.get('n_patients')}, events {p.get('n_events')}, candidate features "
-        f"{p.get('n_features')} (feature set `{p.get('feature_set')}`).",
+        *data,
         "", "## Model (TRIPOD+AI 12)",
-        f"- `{p.get('model')}`; preprocessing inside the cross-validation: median imputation "
-        f"with missing indicators, log of skewed columns, scaling, correlation pruning, "
-        f"selection `{p.get('selection')}` (at most {p.get('max_features')}).",
+        *about,
         f"- Code {p.get('code_version')}, MLflow run `{mv.run_id}`.",
         "", "## Validation (TRIPOD+AI 12e, 23)",
-        f"- Nested cross-validation: {p.get('outer_folds')} outer patient-level folds, "
-        f"{p.get('inner_folds')} inner folds for tuning; 95 % intervals from "
-        f"{p.get('bootstrap')} bootstrap resamples of the out-of-fold predictions.",
+        *validation,
         "", "| metric | value |", "|---|---|",
         *[f"| {k} | {metric(k)} |" for k in shown.get(kind, []) if k in m],
         "", "## Promotion gate",
@@ -161,27 +184,35 @@ def model_card(lake: object, name: str, version: str, gate: dict | None = None) 
     return "\n".join(lines) + "\n"
 
 
-def load_champion(lake: object, task: str, dst: str | Path) -> tuple[object, str]:
-    """The ``@champion`` model of a task (scikit-learn flavour) and its ``models:/`` URI.
+def load_model(lake: object, name: str, alias: str, dst: str | Path) -> tuple[object, str]:
+    """The registered model ``name@alias`` (scikit-learn flavour) and its ``models:/`` URI.
 
     Models are pickled: those of the lake's own registry are trusted (theralake wrote them);
     from a server, loading needs ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true``.
 
     Raises:
-        ModelNotFoundError: no champion (the message says how to get one).
+        ModelNotFoundError: no such model or alias.
     """
     import mlflow.sklearn
 
-    name = f"theralake-{task}"
-    try:
-        path, mv = tracking.download_model(lake, name, CHAMPION, dst)
-    except tracking.ModelNotFoundError as exc:
-        raise tracking.ModelNotFoundError(
-            f"{exc}. Train one (theralake train --task {task}) and promote it (theralake "
-            f"models promote {name} VERSION)") from None
+    path, mv = tracking.download_model(lake, name, alias, dst)
     own = tracking.registry_uri(lake) == tracking.lake_store_uri(lake)
     with _allow_pickle(own):
         return mlflow.sklearn.load_model(str(path)), f"models:/{name}/{mv.version}"
+
+
+def load_champion(lake: object, task: str, dst: str | Path) -> tuple[object, str]:
+    """The ``@champion`` model of a task (see :func:`load_model`) and its ``models:/`` URI.
+
+    Raises:
+        ModelNotFoundError: no champion (the message says how to get one).
+    """
+    try:
+        return load_model(lake, f"theralake-{task}", CHAMPION, dst)
+    except tracking.ModelNotFoundError as exc:
+        raise tracking.ModelNotFoundError(
+            f"{exc}. Train one (theralake train --task {task}) and promote it (theralake "
+            f"models promote theralake-{task} VERSION)") from None
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from importlib import metadata
+from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -44,32 +45,41 @@ class OrganSegmenterModel(mlflow.pyfunc.PythonModel):
         self.segmenter = OrganSegmenter.load(context.artifacts[ARTIFACT])
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        from theralake.lake import Volume
-
-        params = params or {}
         if isinstance(model_input, dict):  # a named tensor
             (model_input,) = model_input.values()
-        ct = Volume(np.asarray(model_input, dtype=np.float32),
-                    params.get("spacing_mm", [1.0, 1.0, 1.0]),
-                    params.get("origin_mm", [0.0, 0.0, 0.0]),
-                    np.asarray(params.get("direction", IDENTITY), dtype=float).reshape(3, 3))
-        return self.segmenter.predict(ct).array
+        return self.segmenter.predict(volume(model_input, params)).array
+
+
+def volume(array: object, params: dict | None):  # noqa: ANN201 - theralake Volume
+    """A float32 (z, y, x) array as a Volume with the geometry params of :func:`geometry`."""
+    from theralake.lake import Volume
+
+    params = params or {}
+    return Volume(np.asarray(array, dtype=np.float32), params.get("spacing_mm", [1.0, 1.0, 1.0]),
+                  params.get("origin_mm", [0.0, 0.0, 0.0]),
+                  np.asarray(params.get("direction", IDENTITY), dtype=float).reshape(3, 3))
+
+
+def geometry():  # noqa: ANN201 - mlflow ParamSchema
+    """The params of a volume's geometry: ``spacing_mm``, ``origin_mm`` (x, y, z) and
+    ``direction`` (9 row-major numbers)."""
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ParamSchema([
+        ParamSpec("spacing_mm", "double", [1.0, 1.0, 1.0], (-1,)),
+        ParamSpec("origin_mm", "double", [0.0, 0.0, 0.0], (-1,)),
+        ParamSpec("direction", "double", IDENTITY, (-1,)),
+    ])
 
 
 def signature():  # noqa: ANN201 - mlflow ModelSignature
     """Input: a 3D float32 CT array; output: a 3D uint8 label array; geometry as params."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types.schema import Schema, TensorSpec
 
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
-        params=ParamSchema([
-            ParamSpec("spacing_mm", "double", [1.0, 1.0, 1.0], (-1,)),
-            ParamSpec("origin_mm", "double", [0.0, 0.0, 0.0], (-1,)),
-            ParamSpec("direction", "double", IDENTITY, (-1,)),
-        ]),
-    )
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
+                          params=geometry())
 
 
 def input_example() -> tuple[np.ndarray, dict]:
@@ -79,12 +89,25 @@ def input_example() -> tuple[np.ndarray, dict]:
     return ct, {"spacing_mm": [10.0, 10.0, 10.0], "origin_mm": [0.0, 0.0, 0.0]}
 
 
-def pip_requirements() -> list[str]:
+REQUIREMENTS = ("theralake", "torch", "monai", "SimpleITK", "numpy", "scipy", "mlflow")
+
+
+def pip_requirements(dists: tuple[str, ...] = REQUIREMENTS) -> list[str]:
     """Pinned requirements of the model (given explicitly: MLflow's inference is slow)."""
     out = []
-    for dist in ("theralake", "torch", "monai", "SimpleITK", "numpy", "scipy", "mlflow"):
+    for dist in dists:
         try:
             out.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
         except metadata.PackageNotFoundError:
             out.append(dist)
     return out
+
+
+def log_weights(python_model: mlflow.pyfunc.PythonModel, folder: Path, signature: object,
+                input_example: object, registered_model_name: str | None = None):  # noqa: ANN201
+    """Log (and register) a pyfunc model holding a saved weights folder as its artifact (the
+    folder's name is the artifact's key); returns MLflow's ModelInfo."""
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=python_model, artifacts={folder.name: str(folder)},
+        signature=signature, input_example=input_example, pip_requirements=pip_requirements(),
+        registered_model_name=registered_model_name)

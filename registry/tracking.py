@@ -64,7 +64,27 @@ def tracking_uri(lake: object) -> str:
     if env:
         return env
     (mlflow_dir(lake) / "artifacts").mkdir(parents=True, exist_ok=True)
-    return lake_store_uri(lake)
+    uri = lake_store_uri(lake)
+    if uri not in _READY:
+        _create_store(mlflow_dir(lake), uri)
+    return uri
+
+
+_READY: set[str] = set()
+
+
+def _create_store(folder: Path, uri: str) -> None:
+    """Create (or migrate) the SQLite store under a lock, once per process: workers opening
+    a new lake at the same time would race on MLflow's schema migration."""
+    import fcntl
+
+    with open(folder / ".create.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    _READY.add(uri)
 
 
 def registry_uri(lake: object) -> str:
@@ -132,6 +152,15 @@ def start_run(lake: object, experiment: str, run_name: str | None = None,
         exp = experiment_id(lake, experiment)
         with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:
             yield run
+
+
+def set_alias(lake: object, name: str, version: str, alias: str,
+              tags: dict[str, str] | None = None) -> None:
+    """Point ``name@alias`` to ``version`` and tag that version."""
+    c = client(lake)
+    c.set_registered_model_alias(name, alias, version)
+    for key, value in (tags or {}).items():
+        c.set_model_version_tag(name, version, key, value)
 
 
 class ModelNotFoundError(LookupError):

@@ -9,13 +9,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/dicom_factory.py
 
-TEST_KEY = "theralake-test-key-0123456789abcdef"
+from fixture_constants import TEST_KEY  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
-    """Never touch the user's key file or lake: fixed key, HOME in a temp folder."""
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
+                  _cache_dir: Path):
+    """Never touch the user's key file or lake: fixed key, HOME in a temp folder, one kernel
+    cache for the session."""
     home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("THERALAKE_CACHE", str(_cache_dir))
     monkeypatch.setenv("THERALAKE_PSEUDONYM_KEY", TEST_KEY)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("THERALAKE_KEY_FILE", str(home / ".theralake" / "pseudonym.key"))

@@ -12,6 +12,7 @@ from theralake.dosimetry.patient import load_config, run_cycle
 from theralake.ingest.pseudonym import Pseudonymizer
 from theralake.ingest.runner import IngestOptions, ingest
 from theralake.lake import Lake, Volume
+from theralake.modeling.dataset import load_modeling_config
 from theralake.modeling.dose_voxel import (
     SuvScaledDose,
     VoxelDataError,
@@ -20,6 +21,9 @@ from theralake.modeling.dose_voxel import (
     summarise_voxel,
     voxel_samples,
 )
+from theralake.modeling.train_voxel import load_voxel_model, train_voxel
+from theralake.registry.models import PromotionRefused, promote
+from theralake.registry.tracking import client, use_lake
 from theralake.synth.cohort import generate_cohort
 from theralake.synth.config import SynthConfig
 
@@ -192,3 +196,63 @@ def test_bad_use_is_refused(world):
         VoxelDoseModel(channels=(8, 16, 32), patch_voxels=30).fit(samples)
     with pytest.raises(ValueError, match="at least one"):
         VoxelDoseModel().fit([])
+
+
+def test_train_tracks_registers_and_loads_back(world, monkeypatch):
+    from typer.testing import CliRunner
+
+    from theralake.pipelines.cli import app
+
+    lake, pids, samples, _ = world
+    cfg = load_modeling_config()
+    cfg["voxel_dose"]["network"].update(channels=[8, 16, 32], patch_voxels=24,
+                                        patches_per_sample=2)
+    res = train_voxel(lake, cfg, seed=0, epochs=3, progress=False)
+    assert len(res.held_out_patients) == 1  # round(0.25 x 3) patients, at least one
+    assert sorted(res.train_patients + res.held_out_patients) == pids
+    run = client(lake).get_run(res.run_id)
+    for prefix in ("", "baseline_"):
+        for metric in ("organ_median_abs_rel_error", "lesion_median_abs_rel_error",
+                       "voxel_mae_gy_per_gbq"):
+            assert run.data.metrics[prefix + metric] == pytest.approx(res.metrics[prefix + metric])
+    assert run.data.metrics["organ_error_ratio"] == pytest.approx(
+        res.metrics["organ_median_abs_rel_error"]
+        / res.metrics["baseline_organ_median_abs_rel_error"])
+    assert run.data.params["dataset_hash"] == res.dataset_hash and run.data.params["epochs"] == "3"
+    assert run.data.params["code_version"]
+    arts = {a.path for a in client(lake).list_artifacts(res.run_id, "validation")}
+    assert {"validation/voxel_predicted_vs_measured.png", "validation/voxel_dose_slice.png",
+            "validation/evaluation.parquet"} <= arts
+    mv = client(lake).get_model_version_by_alias("theralake-dose-voxel", "candidate")
+    assert str(mv.version) == res.version and mv.tags["kind"] == "voxel"
+    # the registered weights predict what the trained network predicts
+    s = next(x for x in samples if x.patient_id == res.held_out_patients[0])
+    want = res.model.predict(s.pet_suv, s.ct_hu).array
+    loaded = load_voxel_model(lake)
+    assert loaded.registry_version_ == res.version
+    np.testing.assert_array_equal(loaded.predict(s.pet_suv, s.ct_hu).array, want)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    with use_lake(lake):
+        import mlflow.pyfunc
+
+        served = mlflow.pyfunc.load_model("models:/theralake-dose-voxel@candidate").predict(
+            {"pet_suv": s.pet_suv.array, "ct_hu": s.ct_hu.array},
+            params={"spacing_mm": list(s.pet_suv.spacing_mm),
+                    "origin_mm": list(s.pet_suv.origin_mm),
+                    "direction": s.pet_suv.direction.ravel().tolist()})
+    np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-6)
+    # held-out VOI means in the predictions table
+    preds = lake.read("predictions", "task = 'dose-voxel'").set_index("target")
+    net = res.evaluation[res.evaluation.predictor == "network"].set_index("voi")
+    assert set(preds.patient_id) == set(res.held_out_patients) and len(preds) == len(net)
+    assert preds.loc["kidney_left", "value"] == pytest.approx(
+        net.loc["kidney_left", "predicted_gy_per_gbq"])
+    # the registry lists it; the gate (network not worse than the baseline) is checked
+    out = CliRunner().invoke(app, ["models", "list", "--lake", str(lake.path)]).output
+    assert "theralake-dose-voxel" in out and "@candidate" in out
+    cfg["promotion"]["voxel"]["organ_error_ratio"] = {"max": 0.0}
+    with pytest.raises(PromotionRefused, match=r"organ_error_ratio = [\d.]+ > 0\.0"):
+        promote(lake, "theralake-dose-voxel", res.version, cfg)
+    bad = CliRunner().invoke(app, ["train", "--task", "response", "--model", "voxel",
+                                   "--lake", str(lake.path)])
+    assert bad.exit_code == 2 and "voxel is a dose model" in bad.output

@@ -46,6 +46,7 @@ def config():
         for spec in kind.values():
             spec["grid"] = {k: v[:1] for k, v in spec.get("grid", {}).items()}
     cfg["models"]["survival"]["cox"]["grid"] = {"alpha": [1.0]}
+    cfg["models"]["binary"]["logistic"]["grid"] = {"C": [0.1]}
     return cfg
 
 
@@ -138,6 +139,16 @@ def test_selection_inside_cv_keeps_the_dose(cohort, config, selection):
     kept = pipe[:-1].get_feature_names_out()
     assert 1 <= len(kept) <= 4
     assert any("tumor_total" in k for k in kept)  # the strongest predictor survives
+
+
+def test_binary_models_are_tuned_by_the_configured_scorer():
+    from theralake.modeling.estimators import make_estimator
+
+    cfg = load_modeling_config()  # the packaged grid: strong penalties, chosen by log loss
+    tuned = make_estimator("binary", "logistic", cfg)
+    assert tuned.scoring == "neg_log_loss" and min(tuned.param_grid["model__C"]) <= 0.01
+    cfg["validation"]["binary_scoring"] = "roc_auc"
+    assert make_estimator("binary", "xgb", cfg).scoring == "roc_auc"
 
 
 def test_response_model_and_decision_curve(cohort, config):

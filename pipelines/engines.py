@@ -1,0 +1,232 @@
+"""Where tasks run: in the driver (``inline``), a local process pool (``local``) or Ray
+(``ray``). One scheduler serves all three: a task starts when the tasks it comes after have
+finished, a task whose worker died is run again (``retries``), and a task whose prerequisite
+failed fails without running.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from theralake.pipelines.steps import Task, TaskFailed, run_task
+
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class Outcome:
+    """How one attempt of a task ended."""
+
+    status: str  # done | failed | retried (its worker died; it is run again)
+    error: str | None
+    start_utc: datetime
+    end_utc: datetime
+    worker: str
+    attempt: int = 1
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_utc - self.start_utc).total_seconds()
+
+
+def set_threads(n: int) -> None:
+    """Threads of the numerical libraries in this process (a task's share of the cores)."""
+    import SimpleITK as sitk
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    torch.set_num_threads(n)
+
+
+def execute(lake_path: str, task: Task, threads: int) -> Outcome:
+    """Run one task in this process; its own failure is an outcome, never an exception."""
+    from theralake.lake import Lake
+
+    start = datetime.now(UTC)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    set_threads(threads)
+    try:
+        run_task(Lake(lake_path, create=False), task)
+        status, error = "done", None
+    except TaskFailed as exc:
+        status, error = "failed", str(exc)
+    except Exception as exc:  # noqa: BLE001 - one patient's failure must not stop the cohort
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, (ValueError, RuntimeError, OSError, KeyError)):
+            error += "\n" + traceback.format_exc(limit=5)
+    return Outcome(status, error, start, datetime.now(UTC), worker)
+
+
+OnOutcome = Callable[[Task, Outcome], None]
+
+
+class _Backend:
+    """Submits one attempt of a task and waits for attempts to end."""
+
+    def submit(self, task: Task) -> object: ...
+
+    def wait_any(self, handles: list[object]) -> list[tuple[object, Outcome | None]]:
+        """Ended attempts; ``None`` for an attempt whose worker died."""
+
+    def close(self) -> None: ...
+
+
+def schedule(backend: _Backend, tasks: list[Task], capacity: int, retries: int,
+             on_outcome: OnOutcome) -> None:
+    """Run ``tasks`` respecting ``after``; ``on_outcome`` sees every attempt's end."""
+    pending = list(tasks)
+    keys = {t.key for t in tasks}
+    finished: dict[str, str] = {}
+    running: dict[object, tuple[Task, int, datetime]] = {}
+    while pending or running:
+        for task in list(pending):
+            if len(running) >= capacity:
+                break
+            deps = [d for d in task.after if d in keys]
+            if any(d not in finished for d in deps):
+                continue
+            pending.remove(task)
+            failed = [d for d in deps if finished[d] != "done" and task.after_success]
+            if failed:
+                now = datetime.now(UTC)
+                finished[task.key] = "failed"
+                on_outcome(task, Outcome("failed", f"not run: {', '.join(failed)} failed",
+                                         now, now, "-"))
+                continue
+            running[backend.submit(task)] = (task, 1, datetime.now(UTC))
+        if not running:
+            if pending:
+                raise RuntimeError(f"tasks wait on each other: {[t.key for t in pending]}")
+            continue
+        for handle, outcome in backend.wait_any(list(running)):
+            task, attempt, start = running.pop(handle)
+            if outcome is None:  # the worker died mid-task
+                outcome = Outcome("retried" if attempt <= retries else "failed",
+                                  f"worker died (attempt {attempt})", start,
+                                  datetime.now(UTC), "-")
+                if attempt <= retries:
+                    outcome.attempt = attempt
+                    on_outcome(task, outcome)
+                    running[backend.submit(task)] = (task, attempt + 1, datetime.now(UTC))
+                    continue
+            outcome.attempt = attempt
+            finished[task.key] = outcome.status
+            on_outcome(task, outcome)
+
+
+class InlineBackend(_Backend):
+    """Tasks run one at a time in this process."""
+
+    def __init__(self, lake_path: str, threads: int):
+        self.lake_path, self.threads, self._done = lake_path, threads, []
+
+    def submit(self, task: Task) -> object:
+        handle = object()
+        self._done.append((handle, execute(self.lake_path, task, self.threads)))
+        return handle
+
+    def wait_any(self, handles: list[object]) -> list[tuple[object, Outcome | None]]:
+        done, self._done = self._done, []
+        return done
+
+
+class LocalBackend(_Backend):
+    """A pool of worker processes; a pool broken by a dying worker is replaced."""
+
+    def __init__(self, lake_path: str, workers: int, threads: int):
+        self.lake_path, self.workers, self.threads = lake_path, workers, threads
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, task: Task) -> object:
+        if self._pool is None:
+            import multiprocessing
+
+            self._pool = ProcessPoolExecutor(self.workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        return self._pool.submit(execute, self.lake_path, task, self.threads)
+
+    def wait_any(self, handles: list[object]) -> list[tuple[object, Outcome | None]]:
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)  # type: ignore[arg-type]
+        out: list[tuple[object, Outcome | None]] = []
+        broken = False
+        for fut in done:
+            exc = fut.exception()  # type: ignore[union-attr]
+            broken |= isinstance(exc, BrokenProcessPool)
+            out.append((fut, None if isinstance(exc, BrokenProcessPool) else _result(fut)))
+        if broken:  # every attempt in the dead pool is lost: all of them run again
+            out += [(f, None) for f in handles if f not in done]
+            self._pool.shutdown(wait=False, cancel_futures=True)  # type: ignore[union-attr]
+            self._pool = None
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _result(fut: Future) -> Outcome:
+    exc = fut.exception()
+    if exc is None:
+        return fut.result()
+    now = datetime.now(UTC)
+    return Outcome("failed", f"{type(exc).__name__}: {exc}", now, now, "-")
+
+
+class RayBackend(_Backend):
+    """Ray tasks (``address``: an existing cluster, e.g. ``auto``; None starts a local Ray).
+
+    Ray itself re-runs a task whose worker died (``max_retries``); an attempt that still dies
+    ends as failed.
+    """
+
+    def __init__(self, lake_path: str, workers: int, threads: int, retries: int,
+                 address: str | None = None):
+        import ray
+
+        self.lake_path, self.threads = lake_path, threads
+        self._started = not ray.is_initialized()
+        if self._started:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            kwargs = {"address": address} if address else {"num_cpus": workers}
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                     **kwargs)
+        self._remote = ray.remote(num_cpus=1, max_retries=retries)(execute)
+
+    def submit(self, task: Task) -> object:
+        return self._remote.remote(self.lake_path, task, self.threads)
+
+    def wait_any(self, handles: list[object]) -> list[tuple[object, Outcome | None]]:
+        import ray
+
+        done, _ = ray.wait(handles, num_returns=1)
+        out: list[tuple[object, Outcome | None]] = []
+        for ref in done:
+            try:
+                out.append((ref, ray.get(ref)))
+            except ray.exceptions.RayError as exc:  # retries exhausted
+                now = datetime.now(UTC)
+                out.append((ref, Outcome("failed", f"{type(exc).__name__}: {exc}", now, now,
+                                         "-")))
+        return out
+
+    def close(self) -> None:
+        import ray
+
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+
+
+def default_threads(workers: int, setting: object = "auto") -> int:
+    if setting not in (None, "auto"):
+        return max(1, int(setting))  # type: ignore[arg-type]
+    return max(1, (os.cpu_count() or 1) // max(1, workers))

@@ -1,0 +1,3 @@
+"""Constants shared by the test fixtures."""
+
+TEST_KEY = "theralake-test-key-0123456789abcdef"

@@ -1,0 +1,238 @@
+"""``theralake run``: incremental, resumable after a crash, a dying worker retried, the same
+lake on the local and Ray engines, a broken patient failing alone, one run per lake."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from theralake.lake import SCHEMAS, Lake
+from theralake.pipelines.cli import app
+from theralake.pipelines.lock import LakeBusy, run_lock
+from theralake.pipelines.runner import load_pipeline_settings, run_pipeline
+
+STEPS = ["ingest", "dosimetry", "features"]
+FAST = {"dosimetry": {"overrides": {"registration": "rigid"}}, "features": {"set": "fast"}}
+VOLATILE = ["created_utc", "theralake_version"]  # when a row was written, not what it holds
+
+
+@pytest.fixture(scope="module")
+def module_env(tmp_path_factory: pytest.TempPathFactory, _cache_dir: Path):
+    """The test key and kernel cache for module-scoped lakes too (and their workers)."""
+    from fixture_constants import TEST_KEY
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("THERALAKE_PSEUDONYM_KEY", TEST_KEY)
+        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        mp.setenv("THERALAKE_CACHE", str(_cache_dir))
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        yield
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory, module_env: None) -> Path:
+    from theralake.synth.cohort import generate_cohort
+    from theralake.synth.config import SynthConfig
+
+    out = tmp_path_factory.mktemp("run") / "cohort"
+    generate_cohort(SynthConfig(patients=2, cycles=2, seed=5, small=True,
+                                time_points_h=(4.0, 24.0, 168.0)), out, progress=False)
+    (out.parent / "fast.yaml").write_text(yaml.safe_dump(FAST))
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """An uninterrupted run on the local engine."""
+    lake = Lake(tmp_path_factory.mktemp("ref") / "lake")
+    summary = run_pipeline(lake, STEPS, cohort, "local", 2, settings=load_pipeline_settings(
+        **FAST), progress=False)
+    assert summary.ok, summary.table()
+    return lake
+
+
+def snapshot(lake: Lake) -> dict[str, pd.DataFrame]:
+    out = {}
+    for table in SCHEMAS:
+        if table == "run_log":
+            continue
+        df = lake.read(table).drop(columns=VOLATILE)
+        out[table] = df.sort_values("id").reset_index(drop=True)
+    return out
+
+
+def assert_same_lake(a: Lake, b: Lake) -> None:
+    sa, sb = snapshot(a), snapshot(b)
+    for table in sa:
+        pd.testing.assert_frame_equal(sa[table], sb[table], check_exact=True, obj=table)
+
+
+def test_reference_run_fills_the_lake_and_logs_each_task(reference: Lake):
+    counts = reference.counts()
+    assert counts["organ_dosimetry"] > 0 and counts["features"] > 0 and counts["dose_maps"] > 0
+    log = reference.read("run_log")
+    assert set(log.status) == {"done"}
+    done = log.groupby("step").size().to_dict()
+    assert done == {"ingest": 4, "dosimetry": 4, "features": 2}  # 2 patients, truth, tables
+    cycles = log[log.step == "dosimetry"].sort_values("start_utc")
+    for _, g in cycles.groupby("patient_id"):  # cycle 2 starts after cycle 1 ended
+        c1, c2 = g.set_index("cycle").loc[1], g.set_index("cycle").loc[2]
+        assert c2.start_utc >= c1.end_utc
+    assert (log.end_utc >= log.start_utc).all() and log.worker.str.contains(":").all()
+
+
+def test_rerun_skips_everything_and_a_new_patient_runs_alone(reference: Lake, cohort: Path,
+                                                            tmp_path: Path):
+    before = reference.counts()
+    settings = load_pipeline_settings(**FAST)
+    summary = run_pipeline(reference, STEPS, cohort, "local", 2, settings=settings,
+                           progress=False)
+    assert [s.skipped for s in summary.steps] == [s.planned for s in summary.steps]
+    assert sum(s.done for s in summary.steps) == 0
+    after = reference.counts()
+    assert {t: n for t, n in after.items() if t != "run_log"} == \
+        {t: n for t, n in before.items() if t != "run_log"}
+    # changed settings re-run only the step they belong to
+    other = load_pipeline_settings(**{**FAST, "features": {"set": "default"}})
+    plan_only = run_pipeline(reference, ["dosimetry"], None, "local", 1, settings=other,
+                             progress=False)
+    assert plan_only.steps[0].done == 0 and plan_only.steps[0].skipped == 4
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _log(lake_path: Path) -> pd.DataFrame:
+    try:
+        return Lake(lake_path, create=False).read("run_log")
+    except Exception:  # noqa: BLE001 - the lake may not exist yet
+        return pd.DataFrame(columns=["step", "task", "status"])
+
+
+def _wait_for(cond, timeout: float, proc: subprocess.Popen, output: Path) -> None:  # noqa: ANN001
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError("the run ended before the fault was injected:\n"
+                                 + output.read_text())
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.3)
+
+
+def test_killed_worker_is_retried_and_a_crashed_run_resumes_to_the_same_lake(
+        reference: Lake, cohort: Path, tmp_path: Path):
+    lake_path = tmp_path / "lake"
+    cmd = [sys.executable, "-m", "theralake.pipelines.cli", "run", "--source", str(cohort),
+           "--steps", ",".join(STEPS), "--config", str(cohort.parent / "fast.yaml"),
+           "--workers", "2", "--lake", str(lake_path), "-q"]
+    output = tmp_path / "run.out"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=out)
+    try:
+        _wait_for(lambda: (_log(lake_path).task == "ingest/(tables)").any(), 240, proc, output)
+        time.sleep(3)  # dosimetry is running in both workers
+        workers = [c for c in _children(proc.pid)
+                   if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert workers, "no worker process found"
+        os.kill(workers[0], signal.SIGKILL)
+        _wait_for(lambda: ((_log(lake_path).step == "dosimetry")
+                           & (_log(lake_path).status == "done")).any(), 240, proc, output)
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole run crashes
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = _log(lake_path)
+    retried = log[log.status == "retried"]
+    assert len(retried) >= 1 and retried.error.str.contains("worker died").all()
+    assert not (log.step == "features").any()
+    # resume: only what had not finished runs; the lake ends equal to an uninterrupted run's
+    lake = Lake(lake_path, create=False)
+    summary = run_pipeline(lake, STEPS, cohort, "local", 2,
+                           settings=load_pipeline_settings(**FAST), progress=False)
+    assert summary.ok, summary.table()
+    by_step = {s.step: s for s in summary.steps}
+    assert by_step["ingest"].done == 0 and by_step["dosimetry"].skipped >= 1
+    assert by_step["features"].done == 2
+    assert_same_lake(reference, lake)
+
+
+def test_ray_engine_gives_the_same_lake(reference: Lake, cohort: Path, tmp_path: Path):
+    pytest.importorskip("ray")
+    lake = Lake(tmp_path / "lake")
+    summary = run_pipeline(lake, STEPS, cohort, "ray", 2,
+                           settings=load_pipeline_settings(**FAST), progress=False)
+    assert summary.ok, summary.table()
+    assert set(lake.read("run_log").engine) == {"ray"}
+    assert_same_lake(reference, lake)
+
+
+def test_broken_patient_fails_alone_with_the_reason(cohort: Path, tmp_path: Path):
+    broken = tmp_path / "cohort"
+    shutil.copytree(cohort, broken, ignore=shutil.ignore_patterns("truth"))
+    victim = sorted(broken.glob("SYN*/C1TP2/NM/*"))[0]
+    victim.write_bytes(victim.read_bytes()[:2000])  # a truncated SPECT file
+    lake = Lake(tmp_path / "lake")
+    summary = run_pipeline(lake, ["ingest"], broken, "local", 1,
+                           settings=load_pipeline_settings(**FAST), progress=False)
+    assert not summary.ok
+    log = lake.read("run_log")
+    failed = log[log.status == "failed"]
+    assert len(failed) == 1 and victim.parent.parent.parent.name in failed.task.iloc[0]
+    assert victim.name in failed.error.iloc[0]
+    assert (log.status == "done").sum() == 2  # the other patient and the tables
+    assert lake.sql("SELECT count(DISTINCT patient_id) AS n FROM images").n[0] == 2
+
+
+def test_a_second_run_on_a_held_lake_refuses_or_waits(tmp_path: Path):
+    lake = Lake(tmp_path / "lake")
+    runner = CliRunner()
+    with run_lock(lake.path, what="test holder"):
+        res = runner.invoke(app, ["run", "--steps", "features", "--lake", str(lake.path), "-q"])
+        assert res.exit_code == 3 and "test holder" in res.output and "--wait" in res.output
+        with pytest.raises(LakeBusy):
+            run_pipeline(lake, ["features"], progress=False)
+    held = threading.Event()
+
+    def hold() -> None:
+        with run_lock(lake.path):
+            held.set()
+            time.sleep(1.5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    t0 = time.monotonic()
+    summary = run_pipeline(lake, ["features"], wait=True, progress=False)
+    assert time.monotonic() - t0 >= 1.0 and summary.ok
+    t.join()
+
+
+def test_bad_arguments_are_clear(tmp_path: Path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", "--steps", "ingest", "--lake", str(tmp_path / "l")])
+    assert res.exit_code == 2 and "--source" in res.output
+    res = runner.invoke(app, ["run", "--steps", "dosimetry,nope", "--source", str(tmp_path),
+                              "--lake", str(tmp_path / "l")])
+    assert res.exit_code == 2 and "unknown step 'nope'" in res.output
+    res = runner.invoke(app, ["run", "--engine", "spark", "--source", str(tmp_path),
+                              "--lake", str(tmp_path / "l")])
+    assert res.exit_code == 2 and "unknown engine" in res.output
