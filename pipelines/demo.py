@@ -25,6 +25,8 @@ DEMO_SETTINGS = {
     "features": {"set": "minimal"},
     "train": [{"task": "pfs", "model": "cox"}, {"task": "response", "model": "logistic"},
               {"task": "dose", "model": "ridge"}],
+    # 5 events per feature the selection keeps: a cohort of 24 affords 2
+    "modeling_overrides": {"preprocessing": {"max_features": 2}},
 }
 RECOMMENDED_PATIENTS = 3
 #: SPECT/CT at 4, 24 and 168 h after each administration: a common three-point protocol
@@ -109,7 +111,7 @@ def run_demo(options: DemoOptions) -> RunSummary:
     """Run the demo and print its summary."""
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)
     t_start = time.perf_counter()
     lake = Lake(options.lake)
     cohort = lake.path.parent / f"{lake.path.name}_cohort"

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from theralake.lake import Lake, stable_hash
+from theralake.settings import deep_merge
 
 STEPS = ("ingest", "dosimetry", "features", "train")
 #: steps whose tasks run one after the other in the driver (MLflow's SQLite store takes one
@@ -182,6 +183,7 @@ def _plan_train(lake: Lake, settings: dict, source: Path | None) -> list[Task]:
     from theralake.modeling.dataset import load_modeling_config
 
     config = load_modeling_config(settings.get("modeling_config"))
+    deep_merge(config, settings.get("modeling_overrides") or {})
     data = stable_hash(*(sorted(lake.sql(f"SELECT id FROM {t}").id) for t in (
         "clinical", "outcomes", "administrations", "organ_dosimetry", "features")))
     tasks = []

@@ -23,7 +23,7 @@ from theralake.pipelines.lock import LakeBusy, run_lock
 from theralake.pipelines.runner import load_pipeline_settings, run_pipeline
 
 STEPS = ["ingest", "dosimetry", "features"]
-FAST = {"dosimetry": {"overrides": {"registration": "rigid"}}, "features": {"set": "fast"}}
+FAST = {"dosimetry": {"overrides": {"registration": "rigid"}}, "features": {"set": "minimal"}}
 VOLATILE = ["created_utc", "theralake_version"]  # when a row was written, not what it holds
 
 
