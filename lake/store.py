@@ -91,7 +91,7 @@ class Lake:
 
     def _clean_temporaries(self) -> None:
         """Remove temporary files left by a writer that was killed (never visible)."""
-        with self._write_lock():
+        with self.exclusive("write"):
             for tmp in (self.path / "tables").glob("*/.tmp-*"):
                 tmp.unlink(missing_ok=True)
 
@@ -112,7 +112,7 @@ class Lake:
     def refresh_catalog(self) -> None:
         """(Re)write ``catalog.duckdb``'s views; other tools can open it directly."""
         catalog = self.path / "catalog.duckdb"
-        with self._write_lock():
+        with self.exclusive("write"):
             try:
                 con = duckdb.connect(str(catalog))
             except duckdb.Error as exc:  # held by another process: it has the same views
@@ -158,15 +158,6 @@ class Lake:
 
     # -- writing -------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _write_lock(self) -> Iterator[None]:
-        with open(self.path / ".write.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
         """Hold the lake's lock ``name`` (one holder at a time across processes)."""
         with open(self.path / f".{name}.lock", "a+") as fh:
@@ -198,7 +189,7 @@ class Lake:
         unknown = set().union(*(r.keys() for r in records)) - set(schema.names)
         if unknown:
             raise LakeError(f"{table}: unknown columns {sorted(unknown)}")
-        with self._write_lock():
+        with self.exclusive("write"):
             present = self.ids(table)
             fresh: dict[str, Mapping] = {}
             for rec in records:

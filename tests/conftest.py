@@ -45,3 +45,14 @@ def quiet_options():
     from theralake.ingest.runner import IngestOptions
 
     return IngestOptions(show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small networks run as fast on one thread and leave the other core alone (restored)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -37,13 +37,7 @@ def _copy(lake: Lake, table: str, where: str, params: list, patient_id: str) -> 
     lake.append(table, [{**row, "id": f"{patient_id}-{table}", "patient_id": patient_id}])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small networks run as fast on one thread and leave the other core alone (restored)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from theralake.dosimetry.segmentation import DEFAULT_ORGANS, OrganSegmenter, SegmenterConfig
 from theralake.lake import Lake, LakeError, Volume
@@ -82,14 +81,7 @@ def _lake_store(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions are fastest on one thread (and far slower on a busy machine with
-    more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
