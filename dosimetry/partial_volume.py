@@ -15,6 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import ndimage
 
+from theralake.lake.volume import bounding_box
+
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
@@ -22,13 +24,6 @@ def spread(occupancy: np.ndarray, fwhm_mm: float, voxel_mm) -> np.ndarray:
     """A region's occupancy map blurred by the Gaussian PSF (the regional spread function)."""
     sigma = fwhm_mm * FWHM_TO_SIGMA / np.asarray(voxel_mm, dtype=float)[::-1]  # (z, y, x)
     return ndimage.gaussian_filter(np.asarray(occupancy, dtype=np.float64), sigma, mode="constant")
-
-
-def _support(occupancy: np.ndarray, margin: np.ndarray) -> tuple[slice, ...]:
-    """The bounding box of a region's non-zero voxels widened by ``margin`` voxels."""
-    nz = np.nonzero(occupancy)
-    return tuple(slice(max(int(a.min()) - int(m), 0), min(int(a.max()) + int(m) + 1, n))
-                 for a, m, n in zip(nz, margin, occupancy.shape, strict=True))
 
 
 def transfer_matrix(occupancy: Mapping[str, np.ndarray], fwhm_mm: float, voxel_mm
@@ -43,7 +38,7 @@ def transfer_matrix(occupancy: Mapping[str, np.ndarray], fwhm_mm: float, voxel_m
     sigma = fwhm_mm * FWHM_TO_SIGMA / np.asarray(voxel_mm, dtype=float)[::-1]
     counts = {n: d.sum() for n, d in domains.items()}
     for j, n in enumerate(names):
-        box = _support(occupancy[n], np.ceil(4 * sigma).astype(int))  # the RSF's support
+        box = bounding_box(occupancy[n], np.ceil(4 * sigma).astype(int))  # the RSF's support
         rsf = spread(occupancy[n][box], fwhm_mm, voxel_mm)
         for i, m in enumerate(names):
             w[i, j] = rsf[domains[m][box]].sum() / counts[m]

@@ -22,10 +22,17 @@ from theralake.dosimetry.auto_vois import BACKENDS as SEGMENTATION_BACKENDS
 from theralake.dosimetry.auto_vois import SegmentationUnavailable, segment_missing_organs
 from theralake.dosimetry.dose import hu_to_density, local_deposition_dose, vsv_dose
 from theralake.dosimetry.kernels import voxel_s_kernel
-from theralake.dosimetry.lesions import segment_lesions
+from theralake.dosimetry.lesions import match_lesions, segment_lesions
 from theralake.dosimetry.nuclides import get_nuclide
 from theralake.dosimetry.sphere import sphere_self_s
 from theralake.dosimetry.voi_activity import mask_on, to_grid, voi_activities_mbq
+from theralake.dosimetry.voi_transfer import (
+    carry_vois,
+    missing_organs,
+    organ_dice,
+    organ_masks,
+    registration_row,
+)
 from theralake.dosimetry.voxel_kinetics import fit_voxel_tacs
 from theralake.lake import Lake, Volume, stable_hash
 from theralake.settings import deep_merge, load_settings
@@ -219,8 +226,7 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
         raise DosimetryError(f"{label}: no therapy administration")
     activity_mbq = float(admin.iloc[0].activity_mbq)
     nuclide = get_nuclide(str(points[0].spect_row.get("nuclide") or admin.iloc[0].nuclide))
-    ref_index = int({"first": 0, "last": len(points) - 1}.get(
-        config["reference_time_point"], config["reference_time_point"]))
+    ref_index = _reference_index(points, config)
     ref = points[ref_index]
     grid = ref.spect
     result = CycleResult(patient_id, cycle)
@@ -235,20 +241,26 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
             reg = _register(ref.ct, tp.ct, config)
             moved, err = registration.resample_activity(tp.spect, reg.transform, grid)
             conc = moved.array
-            result.registration_rows.append(_registration_row(
-                patient_id, cycle, ref, tp, reg, err, chash))
+            fixed_masks = organ_masks(lake, ref.ct_row["id"], config["organs"])
+            moving_masks = organ_masks(lake, tp.ct_row["id"], config["organs"])
+            dice = tuple(organ_dice(fixed_masks, moving_masks, t, ref.ct, tp.ct)
+                         for t in (None, reg.transform))
+            result.registration_rows.append(registration_row(
+                patient_id, cycle, ref.ct_row, tp.ct_row, reg, chash, err, dice))
         maps.append(np.clip(conc.astype(np.float64), 0, None) * grid.voxel_volume_ml / 1e6)
     maps = np.stack(maps)
     times = np.array([tp.time_h for tp in points])
     clock = result.lap("registration and resampling", clock)
-    # 2. VOIs on the reference CT (organs without contours segmented first), density
+    # 2. VOIs on the reference CT (organs without contours carried from the previous cycle's
+    # reference CT, then segmented), density; the pre-therapy PET/CT gets cycle 1's organs
+    earlier_lesions = _carry_vois(lake, patient_id, cycle, ref, config, chash)
     seg = config.get("segmentation") or {}
     for tp in points if config["tac_vois"] == "own" else [ref]:
         try:
             segment_missing_organs(lake, tp.ct_row, list(config["organs"]), seg)
         except SegmentationUnavailable as exc:
             raise DosimetryError(f"{label}: {exc}") from exc
-    vois = _vois(lake, patient_id, ref, config, label, result)
+    vois = _vois(lake, patient_id, ref, config, label, result, earlier_lesions)
     density_ct = hu_to_density(ref.ct.array, tuple(map(tuple, config["hu_density_calibration"])))
     density = np.clip(to_grid(ref.ct.like(density_ct.astype(np.float32)), grid, 0.001),
                       0.001, None)
@@ -355,6 +367,50 @@ def _earlier_bed(lake: Lake, patient_id: str, cycle: int, method: str
     return {r.voi: (float(r.bed), float(r.eqd2)) for r in rows.itertuples()}
 
 
+def _reference_index(points: list[TimePoint], config: dict) -> int:
+    return int({"first": 0, "last": len(points) - 1}.get(
+        config["reference_time_point"], config["reference_time_point"]))
+
+
+def _carry_vois(lake: Lake, patient_id: str, cycle: int, ref: TimePoint, config: dict,
+                chash: str) -> dict[str, np.ndarray]:
+    """Cycle 1: the reference CT registered onto each pre-therapy PET/CT, carrying the organs
+    it lacks. Later cycles: the previous cycle's reference CT registered onto this one,
+    carrying the organs this one lacks; returns the previous cycle's thresholded lesions on
+    this reference CT (to keep their names), when lesions are thresholded."""
+    organs = list(config["organs"])
+    if cycle == 1:
+        images = lake.read("images", "patient_id = ? AND kind IN ('pet', 'ct') AND "
+                           "(cycle IS NULL OR cycle <= 1)", [patient_id])
+        cts = images[images.kind == "ct"]
+        for key in images[images.kind == "pet"].frame_of_reference_key.unique():
+            pet_ct = cts[(cts.frame_of_reference_key == key) & (cts.id != ref.ct_row["id"])]
+            if not pet_ct.empty:
+                row = pet_ct.iloc[0].to_dict()
+                reg = _register(Volume.from_row(row), ref.ct, config)
+                carry_vois(lake, ref.ct_row, row, organs, reg, chash, cycle)
+        return {}
+    try:
+        previous = _time_points(lake, patient_id, cycle - 1)
+    except DosimetryError:
+        return {}
+    source = previous[_reference_index(previous, config)]
+    lesions = lake.read("vois", "image_id = ? AND source = 'threshold'", [source.ct_row["id"]])
+    imported = lake.read("vois", "image_id = ? AND voi LIKE 'lesion_%' AND source != "
+                         "'threshold'", [ref.ct_row["id"]])
+    name_lesions = config["lesions"]["segment"] and not lesions.empty and (
+        imported.empty or not config["lesions"]["from_imported_vois"])
+    if not name_lesions and not missing_organs(lake, source.ct_row["id"], ref.ct_row["id"],
+                                               organs):
+        return {}
+    reg = _register(ref.ct, source.ct, config)
+    carry_vois(lake, source.ct_row, ref.ct_row, organs, reg, chash, cycle)
+    if not name_lesions:
+        return {}
+    return {r["voi"]: registration.resample_mask(Volume.from_row(r), reg.transform, ref.ct)
+            for r in lesions.to_dict("records")}
+
+
 def _register(fixed: Volume, moving: Volume, config: dict) -> registration.RegistrationResult:
     if config["registration"] == "ai":
         return _ai_model(config["registration_model"],
@@ -446,8 +502,10 @@ def _self_s(config: dict, nuclide: str, voi: str, mass_g: float) -> float:
 
 
 def _vois(lake: Lake, patient_id: str, ref: TimePoint, config: dict, label: str,
-          result: CycleResult) -> dict[str, tuple[Volume, str]]:
-    """VOIs on the reference CT: imported ones first, then threshold lesions."""
+          result: CycleResult, earlier_lesions: dict[str, np.ndarray] | None = None
+          ) -> dict[str, tuple[Volume, str]]:
+    """VOIs on the reference CT: imported ones first, then threshold lesions (named after
+    the previous cycle's lesions they match)."""
     rows = lake.read("vois", "patient_id = ? AND image_id = ?", [patient_id, ref.ct_row["id"]])
     out: dict[str, tuple[Volume, str]] = {}
     for _, r in rows.iterrows():
@@ -459,15 +517,34 @@ def _vois(lake: Lake, patient_id: str, ref: TimePoint, config: dict, label: str,
             out[r.voi] = (vol, r.id)
     has_lesions = any(k.startswith("lesion_") for k in out)
     if not has_lesions and config["lesions"]["segment"]:
-        out.update(_threshold_lesions(patient_id, ref, out, config, result))
+        out.update(_threshold_lesions(patient_id, ref, out, config, result,
+                                      earlier_lesions or {}))
     if not out:
         raise DosimetryError(f"{label}: no VOIs on the reference CT (import RTSTRUCT/SEG or "
                              "train the organ segmenter)")
     return out
 
 
+def _lesion_names(found: list, earlier: dict[str, np.ndarray], spacing_mm) -> list[str]:  # noqa: ANN001
+    """A lesion matching one of the previous cycle's (centroids within 20 mm, Hungarian) keeps
+    its name; the others get new numbers after the highest one used."""
+    names: list[str | None] = [None] * len(found)
+    previous = list(earlier)
+    for i, j in match_lesions([les.mask for les in found], [earlier[n] for n in previous],
+                              spacing_mm, max_distance_mm=20.0):
+        names[i] = previous[j]
+    used = [int(n.split("_")[1]) for n in previous if n.split("_")[1].isdigit()]
+    number = max(used, default=0)
+    for i, name in enumerate(names):
+        if name is None:
+            number += 1
+            names[i] = f"lesion_{number:03d}"
+    return names  # type: ignore[return-value]
+
+
 def _threshold_lesions(patient_id: str, ref: TimePoint, organs: dict[str, tuple[Volume, str]],
-                       config: dict, result: CycleResult) -> dict[str, tuple[Volume, str]]:
+                       config: dict, result: CycleResult, earlier: dict[str, np.ndarray]
+                       ) -> dict[str, tuple[Volume, str]]:
     spect_on_ct = ref.ct.like(to_grid(ref.spect, ref.ct).clip(0, None))
     exclude = np.zeros(ref.ct.array.shape, bool)
     for name, (vol, _) in organs.items():
@@ -478,9 +555,8 @@ def _threshold_lesions(patient_id: str, ref: TimePoint, organs: dict[str, tuple[
                             fraction=opts["fraction"], exclude=exclude,
                             min_volume_ml=opts["min_volume_ml"])
     out = {}
-    for i, les in enumerate(found, start=1):
+    for les, name in zip(found, _lesion_names(found, earlier, ref.ct.spacing_mm), strict=True):
         vol = ref.ct.like(les.mask.astype(np.uint8))
-        name = f"lesion_{i:03d}"
         row = {"patient_id": patient_id, "voi": name, "image_id": ref.ct_row["id"],
                "cycle": ref.ct_row["cycle"], "time_h": ref.ct_row["time_h"],
                "source": "threshold", "source_name": f"{opts['method']} {opts['fraction']}",
@@ -491,18 +567,6 @@ def _threshold_lesions(patient_id: str, ref: TimePoint, organs: dict[str, tuple[
         result.voi_rows.append(row)
         out[name] = (vol, row["id"])
     return out
-
-
-def _registration_row(patient_id: str, cycle: int, ref: TimePoint, tp: TimePoint,
-                      reg: registration.RegistrationResult, err: float, chash: str) -> dict:
-    return {"id": stable_hash("registration", ref.ct_row["id"], tp.ct_row["id"], chash),
-            "patient_id": patient_id, "cycle": cycle, "fixed_image_id": ref.ct_row["id"],
-            "moving_image_id": tp.ct_row["id"], "time_h": tp.time_h,
-            "ncc_before": reg.ncc_before, "ncc_after": reg.ncc_after,
-            "mi_before": reg.mi_before, "mi_after": reg.mi_after,
-            "jacobian_min": reg.jacobian_min, "jacobian_max": reg.jacobian_max,
-            "activity_error": err, "failed": reg.failed, "reasons": "; ".join(reg.reasons),
-            "input_ids": [ref.ct_row["id"], tp.ct_row["id"]], "params_hash": chash}
 
 
 def _write(lake: Lake, result: CycleResult, grid: Volume, method: str, chash: str,

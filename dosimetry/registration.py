@@ -64,8 +64,16 @@ def _method(stage: dict) -> sitk.ImageRegistrationMethod:
         raise ValueError(f"unknown registration metric {metric!r}; mattes, correlation or "
                          "mean_squares")
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(stage["sampling_percentage"]), seed=7)
+    share = stage["sampling_percentage"]
+    if isinstance(share, list | tuple):
+        reg.SetMetricSamplingPercentagePerLevel([float(p) for p in share], seed=7)
+    else:
+        reg.SetMetricSamplingPercentage(float(share), seed=7)
     reg.SetInterpolator(sitk.sitkLinear)
+    # image gradients at the sample points only, not filtered over every voxel of both images
+    # at every level: that set-up was most of a rigid registration's time
+    reg.MetricUseFixedImageGradientFilterOff()
+    reg.MetricUseMovingImageGradientFilterOff()
     reg.SetShrinkFactorsPerLevel(list(stage["shrink_factors"]))
     reg.SetSmoothingSigmasPerLevel(list(stage["smoothing_sigmas_mm"]))
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
@@ -74,7 +82,9 @@ def _method(stage: dict) -> sitk.ImageRegistrationMethod:
 
 def similarity(fixed: Volume, moving: Volume, transform: sitk.Transform | None = None
                ) -> tuple[float, float]:
-    """(NCC, Mattes MI) of the moving image resampled onto the fixed grid (MI: higher=better)."""
+    """(NCC, Mattes MI) of the moving image resampled onto the fixed grid (MI: higher=better;
+    evaluated on every second voxel along each axis: within about 1 % of all voxels' value,
+    at an eighth of the cost)."""
     f = _float_image(fixed)
     m = sitk.Resample(_float_image(moving), f, transform or sitk.Transform(3, sitk.sitkIdentity),
                       sitk.sitkLinear, -1024.0)
@@ -84,7 +94,7 @@ def similarity(fixed: Volume, moving: Volume, transform: sitk.Transform | None =
     reg.SetMetricAsMattesMutualInformation(50)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetInitialTransform(sitk.Transform(3, sitk.sitkIdentity))
-    mi = -float(reg.MetricEvaluate(f, m))
+    mi = -float(reg.MetricEvaluate(f[::2, ::2, ::2], m[::2, ::2, ::2]))
     return ncc, mi
 
 
@@ -147,6 +157,10 @@ def flag_quality(result: RegistrationResult, quality: dict, extra: list[str] | N
 
 def jacobian_determinant(transform: sitk.Transform, grid: Volume) -> np.ndarray:
     """det(dT/dx) of the fixed-to-moving transform on the grid's voxels (z, y, x)."""
+    if transform.IsLinear():  # T(x) = A x + b: det A, from the images of the unit vectors
+        origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
+        columns = [np.array(transform.TransformPoint(tuple(e))) - origin for e in np.eye(3)]
+        return np.full(grid.array.shape, float(np.linalg.det(np.array(columns).T)))
     ref = _float_image(grid)
     field_filter = sitk.TransformToDisplacementFieldFilter()
     field_filter.SetReferenceImage(ref)
@@ -175,12 +189,17 @@ def resample_activity(activity: Volume, transform: sitk.Transform, grid: Volume,
     return grid.like(arr.astype(np.float32)), error
 
 
-def resample_mask(mask: Volume, transform: sitk.Transform, grid: Volume) -> np.ndarray:
-    """A mask carried onto ``grid`` through ``transform`` (nearest neighbour), boolean."""
-    src = sitk.Cast(mask.to_sitk(), sitk.sitkUInt8)
+def resample_labels(labels: Volume, transform: sitk.Transform, grid: Volume) -> np.ndarray:
+    """A label map (uint8) carried onto ``grid`` through ``transform`` (nearest neighbour)."""
+    src = sitk.Cast(labels.to_sitk(), sitk.sitkUInt8)
     out = sitk.Resample(src, sitk.Cast(grid.to_sitk(), sitk.sitkUInt8), transform,
                         sitk.sitkNearestNeighbor, 0)
-    return sitk.GetArrayFromImage(out).astype(bool)
+    return sitk.GetArrayFromImage(out)
+
+
+def resample_mask(mask: Volume, transform: sitk.Transform, grid: Volume) -> np.ndarray:
+    """A mask carried onto ``grid`` through ``transform`` (nearest neighbour), boolean."""
+    return resample_labels(mask.like((mask.array > 0).astype(np.uint8)), transform, grid) > 0
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

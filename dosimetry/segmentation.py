@@ -29,12 +29,16 @@ class SegmenterConfig:
     spacing_mm: float = 4.0
     patch_voxels: int = 48
     channels: tuple[int, ...] = (16, 32, 64, 128)
-    hu_window: tuple[float, float] = (-250.0, 350.0)  # soft-tissue window
+    hu_window: tuple[float, float] = (-250.0, 350.0)  # abdominal window (channel 1)
+    # a narrow window as a second channel: organs differ from their surroundings by ~10 HU
+    soft_window: tuple[float, float] | None = (-20.0, 100.0)
     learning_rate: float = 2e-3
     max_epochs: int = 200
     max_minutes: float = 10.0
     patches_per_case: int = 4
     batch_size: int = 2  # patches per optimiser step
+    foreground_fraction: float = 0.8  # patches centred on an organ (each organ equally often)
+    intensity_jitter: float = 0.05  # random HU scale and shift, as a fraction of the window
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -66,12 +70,18 @@ class OrganSegmenter:
         from monai.networks.nets import UNet
 
         c = self.config
-        return UNet(spatial_dims=3, in_channels=1, out_channels=len(c.organs) + 1,
+        return UNet(spatial_dims=3, in_channels=len(self._windows()),
+                    out_channels=len(c.organs) + 1,
                     channels=c.channels, strides=(2,) * (len(c.channels) - 1), num_res_units=1)
 
+    def _windows(self) -> list[tuple[float, float]]:
+        c = self.config
+        return [c.hu_window] + ([c.soft_window] if c.soft_window else [])
+
     def _normalise(self, arr: np.ndarray) -> np.ndarray:
-        lo, hi = self.config.hu_window
-        return ((np.clip(arr, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        """One channel per HU window, each mapped onto [0, 1]: (channels, z, y, x)."""
+        return np.stack([((np.clip(arr, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+                         for lo, hi in self._windows()])
 
     def _prepare(self, ct: Volume) -> tuple[Volume, np.ndarray]:
         res = _resample(ct.like(ct.array.astype(np.float32)), self.config.spacing_mm)
@@ -93,7 +103,9 @@ class OrganSegmenter:
                 raise ValueError("a label map is not on its CT's grid")
             res, x = self._prepare(ct)
             y = _resample(lab.like(lab.array.astype(np.uint8)), c.spacing_mm, nearest=True).array
-            data.append((pad_to(x, c.patch_voxels, x.min()), pad_to(y, c.patch_voxels, 0)))
+            y = pad_to(y, c.patch_voxels, 0)
+            x = np.stack([pad_to(ch, c.patch_voxels, ch.min()) for ch in x])
+            data.append((x, y, label_voxels(y, len(c.organs))))
         net = self._build()
         opt = torch.optim.Adam(net.parameters(), lr=c.learning_rate)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -108,9 +120,10 @@ class OrganSegmenter:
             for b in range(0, len(order), c.batch_size):
                 xs, ys = [], []
                 for i, _ in order[b:b + c.batch_size]:
-                    x, y = data[i]
-                    sl = random_patch(y, c.patch_voxels, rng)
-                    xs.append(x[sl][None])
+                    x, y, voxels = data[i]
+                    sl = balanced_patch(voxels, y.shape, c.patch_voxels, c.foreground_fraction,
+                                        rng)
+                    xs.append(self._jitter(x[(slice(None), *sl)], rng))
                     ys.append(y[sl][None])
                 opt.zero_grad()
                 loss = loss_fn(net(torch.from_numpy(np.stack(xs))),
@@ -128,6 +141,13 @@ class OrganSegmenter:
         self.network_ = net.eval()
         return self
 
+    def _jitter(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Random intensity scale and shift (scanner and reconstruction variation)."""
+        j = self.config.intensity_jitter
+        if not j:
+            return x
+        return (x * (1 + rng.uniform(-j, j)) + rng.uniform(-j, j)).astype(np.float32)
+
     # -- inference ------------------------------------------------------------------------
     def predict(self, ct: Volume) -> Volume:
         """Label map on the CT's own grid (sliding-window inference, post-processed)."""
@@ -138,7 +158,7 @@ class OrganSegmenter:
         res, x = self._prepare(ct)
         p = self.config.patch_voxels
         with torch.no_grad():
-            logits = sliding_window_inference(torch.from_numpy(x)[None, None], (p, p, p), 4,
+            logits = sliding_window_inference(torch.from_numpy(x)[None], (p, p, p), 4,
                                               self.network_, overlap=0.25, mode="gaussian")
         labels = logits.argmax(1)[0].numpy().astype(np.uint8)
         labels = self._postprocess(labels, res)
@@ -196,6 +216,7 @@ class OrganSegmenter:
                 raise FileNotFoundError(f"{folder}: no {name} (not a saved organ segmenter)")
         raw = json.loads((folder / "config.json").read_text())
         raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        raw.setdefault("soft_window", None)  # saved before the second channel existed
         seg = cls(SegmenterConfig(**raw))
         net = seg._build()
         net.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu"))
@@ -226,6 +247,30 @@ def random_patch(labels: np.ndarray, size: int, rng: np.random.Generator
         centre = np.array([rng.integers(n) for n in labels.shape])
     start = [int(np.clip(c - size // 2, 0, n - size)) for c, n in zip(centre, labels.shape,
                                                                        strict=True)]
+    return tuple(slice(s, s + size) for s in start)
+
+
+def label_voxels(labels: np.ndarray, n_labels: int) -> list[np.ndarray]:
+    """Flat indices of the voxels of each label 1..n_labels (empty arrays for absent ones)."""
+    flat = labels.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(1, n_labels + 2))
+    return [order[bounds[k]:bounds[k + 1]] for k in range(n_labels)]
+
+
+def balanced_patch(voxels: list[np.ndarray], shape: tuple[int, ...], size: int,
+                   foreground_fraction: float, rng: np.random.Generator
+                   ) -> tuple[slice, slice, slice]:
+    """A patch centred on a voxel of a label drawn uniformly among the present labels (with
+    probability ``foreground_fraction``), anywhere otherwise: small organs are seen as often
+    as large ones (as MONAI's ``RandCropByLabelClasses``)."""
+    present = [v for v in voxels if v.size]
+    if present and rng.random() < foreground_fraction:
+        pick = present[rng.integers(len(present))]
+        centre = np.unravel_index(pick[rng.integers(pick.size)], shape)
+    else:
+        centre = [rng.integers(n) for n in shape]
+    start = [int(np.clip(c - size // 2, 0, n - size)) for c, n in zip(centre, shape, strict=True)]
     return tuple(slice(s, s + size) for s in start)
 
 

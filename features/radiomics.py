@@ -23,6 +23,7 @@ import SimpleITK as sitk
 import yaml
 
 from theralake.lake import Volume
+from theralake.lake.volume import bounding_box
 
 __all__ = ["ENGINE", "FeatureSet", "extract_radiomics", "load_feature_set"]
 
@@ -121,6 +122,19 @@ def _voxel_count(raw: dict, params: dict, image: Volume) -> int | None:
     return round(float(volume) / float(np.prod(spacing)))
 
 
+def _crop_box(mask: np.ndarray, setting: dict, spacing_mm) -> tuple[slice, ...] | None:  # noqa: ANN001
+    """The VOI's box with a margin wider than pyradiomics' own crop (``padDistance`` voxels),
+    or None where cropping could change a value: a resampling grid is anchored to the
+    image's corner (and B-spline weights see the whole image), and without ``preCrop``
+    filters see the whole image."""
+    target = setting.get("resampledPixelSpacing")
+    if target and not np.allclose(target, spacing_mm):
+        return None
+    if not target and not setting.get("preCrop"):
+        return None
+    return bounding_box(mask, int(setting.get("padDistance", 5)) + 2)
+
+
 def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: FeatureSet
                       ) -> dict[tuple[str, str], float]:
     """Radiomic features ``{(feature_class, feature): value}`` of ``mask`` (on the image grid).
@@ -145,6 +159,9 @@ def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: F
         raise ValueError(f"{levels:.0f} grey levels at bin width {params['setting']['binWidth']}"
                          f" for a {kind} image (more than {MAX_GREY_LEVELS}: wrong units?)")
     extractor = _extractor(json.dumps(params, sort_keys=True))
+    box = _crop_box(m, params["setting"], image.spacing_mm)
+    if box is not None:  # pyradiomics crops too: same values, without scanning the whole image
+        image, m = image.crop(box), m[box]
     img = sitk.Cast(image.to_sitk(), sitk.sitkFloat64)
     msk = image.like(m.astype(np.uint8)).to_sitk()
     try:

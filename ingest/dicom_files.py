@@ -8,15 +8,29 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 
 from theralake.ingest.errors import IngestError
 
 log = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
+#: a header ends before the per-frame functional groups (geometry of each frame, thousands of
+#: items in a SEG: read with the pixels) and the pixel data
+HEADER_END_TAG = 0x52009230
+
+
+def _header_end(tag, vr, length) -> bool:  # noqa: ANN001 - pydicom's stop_when signature
+    return tag >= HEADER_END_TAG
+
+
+def _read_header(path: Path, force: bool) -> Dataset:
+    with open(path, "rb") as fp:
+        return read_partial(fp, stop_when=_header_end, force=force)
 
 
 @dataclass
@@ -52,7 +66,7 @@ def read_header(path: Path) -> Dataset | None:
         IngestError: a file that claims to be DICOM (suffix or preamble) but is unreadable.
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = _read_header(path, force=False)
         if "SOPClassUID" not in ds and "Modality" not in ds:  # cut off after the file meta
             raise IngestError(path, "damaged or truncated DICOM file (the data set has no "
                                     "SOPClassUID and no Modality)")
@@ -64,7 +78,7 @@ def read_header(path: Path) -> Dataset | None:
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on damaged files
         raise IngestError(path, f"damaged or truncated DICOM file ({exc})") from exc
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        ds = _read_header(path, force=True)
         if "SOPClassUID" in ds or "Modality" in ds:
             return ds
     except Exception as exc:  # noqa: BLE001
@@ -84,6 +98,44 @@ def read_full(path: Path) -> Dataset:
         return ds
     except Exception as exc:  # noqa: BLE001
         raise IngestError(path, f"damaged or truncated DICOM file ({exc})") from exc
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+_LITTLE_ENDIAN = {"1.2.840.10008.1.2.1": True, "1.2.840.10008.1.2": False}  # UID: explicit VR
+
+
+def plane_pixels(path: Path, header: Dataset) -> np.ndarray | None:
+    """The pixels of a one-plane, uncompressed little-endian file, read from its end with the
+    geometry its header gives; None when the file is anything else (compressed, several
+    frames, bits stored below bits allocated, or elements after the pixel data), for pydicom to
+    read. The element header in front of the bytes is checked, so a wrong guess cannot pass."""
+    meta = getattr(header, "file_meta", None)
+    explicit = _LITTLE_ENDIAN.get(str(meta.get("TransferSyntaxUID", "")) if meta else "")
+    try:
+        rows, cols = int(header.Rows), int(header.Columns)
+        bits, stored = int(header.BitsAllocated), int(header.get("BitsStored") or 0)
+        frames = int(header.get("NumberOfFrames") or 1)
+        samples = int(header.get("SamplesPerPixel") or 1)
+        signed = int(header.get("PixelRepresentation") or 0) == 1
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if explicit is None or bits not in (8, 16, 32) or stored != bits or frames != 1 \
+            or samples != 1:
+        return None
+    n = rows * cols * bits // 8
+    head = 12 if explicit else 8
+    with open(path, "rb") as fp:
+        size = fp.seek(0, 2)
+        if size < n + head:
+            return None
+        fp.seek(size - n - head)
+        element, data = fp.read(head), fp.read(n)
+    length = element[8:12] if explicit else element[4:8]
+    if element[:4] != _PIXEL_DATA_TAG or int.from_bytes(length, "little") != n or \
+            (explicit and (element[4:6] not in (b"OW", b"OB") or element[6:8] != b"\0\0")):
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    return np.frombuffer(data, dtype).reshape(rows, cols)
 
 
 def group_series(headers: list[tuple[Path, Dataset]]) -> list[Series]:

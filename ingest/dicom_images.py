@@ -14,6 +14,7 @@ from theralake.ingest.dicom_files import (
     Series,
     acquisition_datetime,
     parse_datetime,
+    plane_pixels,
     read_full,
     series_datetime,
 )
@@ -75,8 +76,10 @@ def _planes(series: Series) -> tuple[list[Frame], Dataset]:
     """All planes of a series and one full data set of it."""
     frames: list[Frame] = []
     last = None
-    for path, _ in series.headers:
-        ds = read_full(path)
+    for path, header in series.headers:
+        classic = series.modality in ("CT", "PT", "MR") and "ImagePositionPatient" in header
+        pixels = plane_pixels(path, header) if classic else None
+        ds = header if pixels is not None else read_full(path)  # the header: all but pixels
         last = ds
         if series.modality == "NM":
             frames.extend(nm_frames(ds, path))
@@ -85,7 +88,7 @@ def _planes(series: Series) -> tuple[list[Frame], Dataset]:
         elif "PerFrameFunctionalGroupsSequence" in ds:
             frames.extend(enhanced_frames(ds, path))
         else:
-            frame = single_frame(ds, path)
+            frame = single_frame(ds, path, pixels)
             acq = acquisition_datetime(ds)
             frame.time = acq.timestamp() if acq else None
             frames.append(frame)

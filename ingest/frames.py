@@ -52,12 +52,13 @@ def _rescale(pixels: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     return pixels.astype(np.float64) * slope + intercept
 
 
-def single_frame(ds: Dataset, source: Path) -> Frame:
-    """A classic one-plane image (CT, PET, MR): rescale slope/intercept applied."""
+def single_frame(ds: Dataset, source: Path, pixels: np.ndarray | None = None) -> Frame:
+    """A classic one-plane image (CT, PET, MR): rescale slope/intercept applied (``pixels``:
+    the stored values when already read, else decoded from ``ds``)."""
     for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if key not in ds:
             raise IngestError(source, f"missing {key}: geometry unknown")
-    pixels = _pixels(ds, source)
+    pixels = _pixels(ds, source) if pixels is None else pixels
     if pixels.ndim != 2:
         raise IngestError(source, f"expected one image plane, got pixel array {pixels.shape}")
     slope = float(ds.get("RescaleSlope", 1) or 1)

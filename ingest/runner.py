@@ -330,7 +330,8 @@ class _Run:
         return None
 
     def write_structures(self, s: Series, mapping: Mapping) -> None:
-        ds = read_full(s.paths[0])
+        # an RTSTRUCT's header is the whole object; a SEG's frames and pixels are read now
+        ds = s.first if s.modality == "RTSTRUCT" else read_full(s.paths[0])
         raw = str(ds.get("PatientID", ""))
         idents = identifying_values(ds)
         if s.modality == "RTSTRUCT":

@@ -154,6 +154,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("activity_error", _f64),  # relative change of total activity by resampling
         pa.field("failed", pa.bool_()),
         pa.field("reasons", _str),
+        # mean Dice of the organs contoured on both CTs, before and after registration
+        pa.field("organ_dice_before", _f64),
+        pa.field("organ_dice_after", _f64),
         LINEAGE_COLUMNS,
     ),
     "configs": _schema(  # the settings each run used, by hash (runs point to them)

@@ -67,6 +67,13 @@ class Volume:
             raise ValueError(f"array shape {array.shape} differs from grid {self.array.shape}")
         return Volume(array, self.spacing_mm, self.origin_mm, self.direction.copy())
 
+    def crop(self, box: tuple[slice, slice, slice]) -> Volume:
+        """The sub-volume ``array[box]`` (z, y, x slices with steps of 1), at its place in the
+        world."""
+        start = [s.indices(n)[0] for s, n in zip(box, self.array.shape, strict=True)]
+        origin = self.index_to_world(np.array(start[::-1], dtype=float))
+        return Volume(self.array[box], self.spacing_mm, tuple(origin), self.direction.copy())
+
     def to_sitk(self):  # noqa: ANN201 - SimpleITK image
         import SimpleITK as sitk
 
@@ -125,6 +132,20 @@ class Volume:
         for e in extra:
             h.update(repr(e).encode())
         return h.hexdigest()
+
+
+def bounding_box(array: np.ndarray, margin=0) -> tuple[slice, ...] | None:  # noqa: ANN001
+    """The slices around the non-zero voxels of ``array``, widened by ``margin`` voxels (one
+    number, or one per axis) and clipped to the array; None when every voxel is zero."""
+    margin = np.broadcast_to(np.asarray(margin, dtype=int), (array.ndim,))
+    box = []
+    for axis, n in enumerate(array.shape):
+        hit = np.flatnonzero(np.any(array, axis=tuple(a for a in range(array.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(max(int(hit[0]) - int(margin[axis]), 0),
+                         min(int(hit[-1]) + int(margin[axis]) + 1, n)))
+    return tuple(box)
 
 
 def _r(values) -> tuple[float, ...]:  # noqa: ANN001

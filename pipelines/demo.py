@@ -18,10 +18,12 @@ from pathlib import Path
 from theralake.lake import Lake
 from theralake.pipelines.runner import RunSummary, load_pipeline_settings, run_pipeline
 
-#: the demo's settings: rigid registration and first-order radiomics keep a cohort of 24
-#: patients within 15 minutes on 2 cores; `theralake run` defaults to the full settings
+#: the demo's settings: rigid registration, mono-exponential voxel fits, the generator's
+#: contours (no AI segmentation) and first-order radiomics keep a cohort of 24 patients within
+#: 15 minutes on 2 cores; `theralake run` defaults to the full settings
 DEMO_SETTINGS = {
-    "dosimetry": {"overrides": {"registration": "rigid"}},
+    "dosimetry": {"overrides": {"registration": "rigid", "voxel_model": "mono",
+                                "segmentation": {"backend": "none"}}},
     "features": {"set": "minimal"},
     "train": [{"task": "pfs", "model": "cox"}, {"task": "response", "model": "logistic"},
               {"task": "dose", "model": "ridge"}],
@@ -58,7 +60,7 @@ def _cohort(options: DemoOptions, folder: Path) -> float:
     t0 = time.perf_counter()
     generate_cohort(SynthConfig(patients=options.patients, cycles=options.cycles,
                                 seed=options.seed, small=options.small,
-                                time_points_h=TIME_POINTS_H), folder)
+                                time_points_h=TIME_POINTS_H), folder, workers=options.workers)
     stamp.write_text(json.dumps(wanted))
     return time.perf_counter() - t0
 

@@ -17,6 +17,8 @@ import numpy as np
 from theralake.synth.grid import Grid
 from theralake.synth.tissues import DENSITY_LUT, LESION_BASE, WEIGHT_LUT
 
+SOFT_TISSUE, FAT = 1, 2  # tissue labels (synth.tissues.TISSUES)
+
 N_WAVES = 6
 
 
@@ -34,6 +36,8 @@ class Blob:
         phases: (N_WAVES,) phases.
         shell_mm: cortical shell thickness; the interior gets ``inner_label``.
         inner_label: label of the interior of a shell.
+        capsule_fat_mm: thickness of a fat capsule around the blob (the perirenal fat of a
+            kidney); it replaces only soft tissue, never another organ.
     """
 
     label: int
@@ -45,6 +49,7 @@ class Blob:
     phases: np.ndarray = field(default_factory=lambda: np.zeros(N_WAVES))
     shell_mm: float = 0.0
     inner_label: int = 0
+    capsule_fat_mm: float = 0.0
 
     @property
     def volume_ml(self) -> float:
@@ -169,6 +174,8 @@ def sample_anatomy(
     s = np.array([1.0, 1.0, zs])
     org = (weight_kg / 85.0) ** 0.25  # organ size scaling with body size
     fat_mm = float(np.clip(6.0 + 1.2 * (bmi - 22.0) + rng.normal(0, 3), 4.0, 40.0))
+    # perirenal fat grows with body fat (about 5 mm lean, up to 15 mm in obesity)
+    perirenal_mm = float(np.clip(3.0 + 0.4 * fat_mm, 4.0, 15.0))
     o = []
     # lungs (right lung larger, as in adults)
     o.append(_organ(rng, 3, (80, 15, 530), (58 * org, 75, 115), s, rough=0.03))
@@ -191,7 +198,7 @@ def sample_anatomy(
         o.append(_organ(rng, lab, (sign * 70, 50, 330 - (1 - sign) * 8),
                         (29 * org, 25 * org, 53 * org), s, rot_deg=12, rough=0.03,
                         size_factor=pair["kidney"] * math.exp(rng.normal(0, 0.03)),
-                        shell_mm=7.0, inner_label=lab + 1))
+                        shell_mm=7.0, inner_label=lab + 1, capsule_fat_mm=perirenal_mm))
     for sign, lab in ((1, 13), (-1, 14)):
         o.append(_organ(rng, lab, (sign * 50, 18, 765), (13, 18, 25), s, pos_sd=4, rough=0.08,
                         size_factor=pair["parotid"] * math.exp(rng.normal(0, 0.04))))
@@ -314,9 +321,9 @@ def rasterize(params: AnatomyParams, grid: Grid) -> Anatomy:
     b = b * params.ap_scale
     rho = np.sqrt((xd / a) ** 2 + (yd / b) ** 2)
     body = rho <= 1.0
-    labels[body] = 2
+    labels[body] = FAT
     inner = rho <= 1.0 - params.fat_mm / (0.5 * (a + b))
-    labels[inner & body] = 1
+    labels[inner & body] = SOFT_TISSUE
     # spine: cortical shell and red marrow
     zlo, zhi = SPINE_Z[0] * params.z_scale, SPINE_Z[1] * params.z_scale
     r_sp = np.sqrt(xd**2 + (yd - spine_center_y(zd / params.z_scale)) ** 2)
@@ -373,6 +380,12 @@ def _paint(
         inside[tuple(local)] = True
     lab = labels[sl]
     wts = weights[sl]
+    if blob.capsule_fat_mm > 0:
+        uf = [loc[j] / (blob.semi[j] + blob.capsule_fat_mm) for j in range(3)]
+        rf = np.sqrt(uf[0] ** 2 + uf[1] ** 2 + uf[2] ** 2)
+        capsule = (rf <= 1.0 + blob.rough * noise) & body[sl] & (lab == SOFT_TISSUE)
+        lab[capsule] = FAT
+        wts[capsule] = WEIGHT_LUT[FAT]
     if blob.shell_mm > 0:
         ui = [loc[j] / np.maximum(blob.semi[j] - blob.shell_mm, 1.0) for j in range(3)]
         ri = np.sqrt(ui[0] ** 2 + ui[1] ** 2 + ui[2] ** 2)

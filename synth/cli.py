@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         activity_gbq: float = typer.Option(7.4, "--activity-gbq",
                                            help="nominal activity per cycle (GBq)"),
         nuclide: str = typer.Option("Lu-177", "--nuclide", help="therapy nuclide"),
+        workers: int = typer.Option(1, "--workers", help="patients written in parallel"),
     ) -> None:
         """Generate a synthetic theranostics cohort with known truth (digital twins)."""
         try:
@@ -43,6 +44,6 @@ def register(app: typer.Typer) -> None:
         from theralake.synth.cohort import generate_cohort
 
         t0 = time.perf_counter()
-        res = generate_cohort(cfg, out)
+        res = generate_cohort(cfg, out, workers=workers)
         typer.echo(f"wrote {len(res.patients)} synthetic patients to {out} "
                    f"in {time.perf_counter() - t0:.1f} s")

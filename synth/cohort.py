@@ -12,8 +12,11 @@ Output layout (``out`` = the --out folder)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,26 +125,40 @@ def _write(cfg: SynthConfig, pt: PatientTruth, s: Session, out: Path) -> None:
         write_session_dicom(pt, s, out, cfg.seed)
 
 
-def generate_cohort(cfg: SynthConfig, out: Path, progress: bool = True) -> CohortResult:
-    """Write a whole cohort to ``out`` (created if needed)."""
+def _patient_job(cfg: SynthConfig, index: int, out: Path) -> tuple[str, dict, tuple]:
+    """One patient written to ``out``: its id, truth tables and table rows (picklable)."""
+    pt, tables = generate_patient(cfg, index, out)
+    return pt.patient_id, tables, table_rows(cfg, pt)
+
+
+def generate_cohort(cfg: SynthConfig, out: Path, progress: bool = True, workers: int = 1
+                    ) -> CohortResult:
+    """Write a whole cohort to ``out`` (created if needed), patients on ``workers`` processes
+    (the output does not depend on them)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     res = CohortResult(out)
     clinical, outcomes, admins = [], [], []
     acc: dict[str, list[pd.DataFrame]] = {}
-    with Progress(disable=not progress, transient=True) as bar:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(Progress(disable=not progress, transient=True))
         task = bar.add_task("synthetic patients", total=cfg.patients)
-        for i in range(cfg.patients):
-            pt, tables = generate_patient(cfg, i, out)
-            res.patients.append(pt.patient_id)
+        if workers > 1 and cfg.patients > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                min(workers, cfg.patients), mp_context=multiprocessing.get_context("spawn")))
+            jobs = pool.map(_patient_job, *zip(*[(cfg, i, out) for i in range(cfg.patients)],
+                                                strict=True))
+        else:
+            jobs = (_patient_job(cfg, i, out) for i in range(cfg.patients))
+        for patient_id, tables, (c_row, o_row, a_rows) in jobs:  # in patient order
+            res.patients.append(patient_id)
             for k, v in tables.items():
                 acc.setdefault(k, []).append(v)
-            c_row, o_row, a_rows = table_rows(cfg, pt)
             clinical.append(c_row)
             outcomes.append(o_row)
             admins.extend(a_rows)
             bar.advance(task)
-            log.info("wrote %s", pt.patient_id)
+            log.info("wrote %s", patient_id)
     write_tables(out, cfg, clinical, outcomes, admins)
     truth = out / "truth"
     truth.mkdir(exist_ok=True)

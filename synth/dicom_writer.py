@@ -318,10 +318,17 @@ def seg_vois(pt: PatientTruth) -> list[str]:
     return list(ORGAN_VOIS) + pt.lesion_names
 
 
-def _seg_masks(pt: PatientTruth, session: Session) -> tuple[list[str], np.ndarray]:
+def _seg_masks(pt: PatientTruth, session: Session) -> tuple[list[str], list[np.ndarray]]:
+    """The SEG's segments present on the session's CT, and their masks (z, y, x)."""
     vois = voi_labels(pt.lesion_names)
-    names = [n for n in seg_vois(pt) if np.isin(session.labels, vois[n]).any()]
-    masks = np.stack([np.isin(session.labels, vois[n]) for n in names], axis=-1)
+    present = np.bincount(session.labels.ravel())
+    names, masks = [], []
+    for name in seg_vois(pt):
+        lut = np.zeros(present.size, bool)
+        lut[[v for v in vois[name] if v < present.size]] = True
+        if (present[lut] > 0).any():
+            names.append(name)
+            masks.append(lut[session.labels])
     return names, masks
 
 
@@ -331,7 +338,7 @@ def write_seg_highdicom(pt: PatientTruth, session: Session, ct: SeriesRef, path:
     key = session.tag
     names, masks = _seg_masks(pt, session)
     seg = hd.seg.Segmentation(
-        source_images=ct.datasets(), pixel_array=masks,
+        source_images=ct.datasets(), pixel_array=np.stack(masks, axis=-1),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_segment(i + 1, n) for i, n in enumerate(names)],
         series_instance_uid=uids("series", key, "SEG"), series_number=100,
@@ -433,10 +440,10 @@ def write_seg(pt: PatientTruth, session: Session, ct: SeriesRef, root: Path,
     deriv_code = encode_dataset_items(0x00089215, [_code_item("113076", "DCM", "Segmentation")])
     cls = encode_element(0x00081150, "UI", base.SOPClassUID)
     preserved = encode_element(0x0028135A, "CS", "YES")
-    for s_idx in range(len(names)):
-        occupied = np.flatnonzero(masks[..., s_idx].reshape(nz, -1).any(axis=1))
+    for s_idx, mask in enumerate(masks):
+        occupied = np.flatnonzero(mask.reshape(nz, -1).any(axis=1))
         for k in occupied:
-            frames.append(masks[k, :, :, s_idx])
+            frames.append(mask[k])
             src = (cls + encode_element(0x00081155, "UI", ct.sop_uids[k]) + preserved
                    + purpose)
             deriv = sequence(0x00082112, [src]) + deriv_code

@@ -78,7 +78,14 @@ def test_lake_rows_are_complete_and_idempotent(cohort, result):
     mine = ["params_hash = ?", [config_hash(config)]]
     assert len(lake.read("tacs", *mine)) == n_tp * len(res.organ_rows)
     assert len(lake.read("dose_maps", *mine)) == 2
-    assert len(lake.read("registrations", *mine)) == n_tp - 1
+    # the later time points onto the reference, and the reference onto the pre-therapy PET/CT
+    regs = lake.read("registrations", *mine)
+    assert len(regs) == n_tp
+    pet = lake.read("images", "patient_id = ? AND kind = 'pet'", [pid]).iloc[0]
+    pet_ct = lake.read("images", "kind = 'ct' AND frame_of_reference_key = ?",
+                       [pet.frame_of_reference_key]).iloc[0]
+    onto_pet = regs[regs.fixed_image_id == pet_ct.id].iloc[0]
+    assert onto_pet.organ_dice_after > max(0.8, onto_pet.organ_dice_before - 0.02)
     od = lake.read("organ_dosimetry", *mine)
     assert (od.dose_per_activity_gy_per_gbq > 0).all() and od.input_ids.map(len).min() >= n_tp
     kidney = od.set_index("voi").loc["kidney_left"]

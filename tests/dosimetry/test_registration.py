@@ -90,3 +90,18 @@ def test_preset_must_have_its_sections(tmp_path):
     bad.write_text("rigid: {}\n")
     with pytest.raises(ValueError, match="bspline"):
         reg.load_preset(bad)
+
+
+def test_jacobian_of_a_linear_transform_is_its_determinant():
+    grid = Volume(np.zeros((5, 6, 7), np.float32), (2.0, 2.0, 3.0), (1.0, -4.0, 0.0))
+    affine = sitk.AffineTransform(3)
+    affine.Scale(1.1)
+    affine.Rotate(0, 1, 0.3)
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(affine)
+    det = reg.jacobian_determinant(composite, grid)
+    assert det.shape == grid.array.shape and np.allclose(det, 1.1 ** 3)
+    field = reg.jacobian_determinant(  # the same through the displacement field
+        sitk.BSplineTransformInitializer(sitk.Image([4, 4, 4], sitk.sitkFloat32), [1, 1, 1]),
+        grid)
+    assert field.shape == grid.array.shape and np.allclose(field, 1.0)

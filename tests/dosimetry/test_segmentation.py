@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from theralake.dosimetry.segmentation import OrganSegmenter, SegmenterConfig, dice_per_label
+from theralake.dosimetry.segmentation import (
+    OrganSegmenter,
+    SegmenterConfig,
+    balanced_patch,
+    dice_per_label,
+    label_voxels,
+)
 from theralake.lake import Volume
 
 ORGANS = ("liver", "kidney_left", "kidney_right")
@@ -50,6 +56,31 @@ def test_segmenter_reaches_dice_on_a_held_out_phantom(trained):
     assert scores["liver"] > 0.85, scores
     assert scores["kidney_left"] > 0.7 and scores["kidney_right"] > 0.7, scores
     assert trained.history_[-1] < trained.history_[0]
+
+
+def test_label_voxels_lists_every_label_and_nothing_else():
+    labels = np.zeros((5, 6, 7), np.uint8)
+    labels[1, 2, 3] = 2
+    labels[4, 0:2, 6] = 1
+    voxels = label_voxels(labels, 3)
+    assert [v.size for v in voxels] == [2, 1, 0]
+    for k, v in enumerate(voxels, start=1):
+        assert (labels.ravel()[v] == k).all()
+
+
+def test_balanced_patches_centre_small_organs_as_often_as_large_ones():
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[2:30, 2:30, 2:30] = 1  # a large organ (22 000 voxels)
+    labels[35:37, 35:37, 35:37] = 2  # a tiny one (8 voxels)
+    voxels, rng = label_voxels(labels, 2), np.random.default_rng(0)
+    hits = np.zeros(3)
+    for _ in range(3000):
+        sl = balanced_patch(voxels, labels.shape, 8, 0.8, rng)
+        patch = labels[sl]
+        assert patch.shape == (8, 8, 8)
+        hits += [(patch == k).any() for k in range(3)]
+    # the tiny organ is in 40 % of the patches (0.8 / 2), far above its volume share
+    assert 0.35 < hits[2] / 3000 < 0.5, hits
 
 
 def test_saved_weights_load_and_predict_the_same(trained, tmp_path):

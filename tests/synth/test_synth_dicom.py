@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from theralake.synth.cohort import generate_patient
+from theralake.synth.cohort import generate_cohort, generate_patient
 from theralake.synth.config import SynthConfig
 from theralake.synth.grid import ct_grid, spect_grid
 
@@ -176,3 +176,12 @@ def test_deterministic(dicom_cohort: Path, tmp_path: Path) -> None:
                 "C1TP1/SEG/SEG0001.dcm"):
         assert filecmp.cmp(tmp_path / "SYN0002" / rel, dicom_cohort / "SYN0002" / rel,
                            shallow=False), rel
+
+
+def test_parallel_workers_write_the_same_cohort(dicom_cohort: Path, tmp_path: Path) -> None:
+    cfg = SynthConfig(patients=2, cycles=2, seed=5, small=True, time_points_h=(4, 24, 96),
+                      missing_prob=0.3)
+    generate_cohort(cfg, tmp_path, progress=False, workers=2)
+    for rel in ("clinical.csv", "administrations.csv", "truth/activity.parquet",
+                "SYN0001/C1TP1/NM/NM0001.dcm", "SYN0002/C2TP1/SEG/SEG0001.dcm"):
+        assert filecmp.cmp(tmp_path / rel, dicom_cohort / rel, shallow=False), rel

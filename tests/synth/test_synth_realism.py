@@ -79,3 +79,28 @@ def test_lu_uptake_follows_pet(cohort) -> None:  # noqa: ANN001
             tia.append(c.tia_mbq_h[les] / c.voi_volume_ml[les] / c.activity_mbq)
     rho = stats.spearmanr(suv, tia).statistic
     assert rho > 0.6
+
+
+def test_kidneys_lie_in_a_fat_capsule() -> None:
+    """Perirenal fat outlines each kidney on CT (as on a real non-contrast CT); the capsule
+    replaces soft tissue only, so every organ keeps its voxels."""
+    from dataclasses import replace
+
+    from scipy import ndimage
+
+    from theralake.synth.anatomy import rasterize, sample_anatomy
+    from theralake.synth.grid import ct_grid
+    from theralake.synth.tissues import ORGAN_VOIS
+
+    params = sample_anatomy(np.random.default_rng(7), 80.0, 175.0, 2, 0.5)
+    grid = ct_grid(False)
+    labels = rasterize(params, grid).labels
+    bare = rasterize(replace(params, organs=[replace(o, capsule_fat_mm=0.0)
+                                             for o in params.organs]), grid).labels
+    for kidney in ("kidney_left", "kidney_right"):
+        organ = np.isin(labels, ORGAN_VOIS[kidney])
+        ring = ndimage.binary_dilation(organ, iterations=1) & ~organ
+        assert np.mean(labels[ring] == 2) > 0.6, kidney  # fat
+        assert np.mean(bare[ring] == 2) < 0.2, kidney  # without the capsule: soft tissue
+    changed = labels != bare
+    assert (bare[changed] == 1).all() and (labels[changed] == 2).all()
