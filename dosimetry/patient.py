@@ -233,6 +233,7 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     clock = time.perf_counter()
     # 1. activity maps aligned on the reference SPECT grid (MBq per voxel)
     maps = []
+    fixed_masks = organ_masks(lake, ref.ct_row["id"], config["organs"])  # for organ Dice
     for i, tp in enumerate(points):
         if i == ref_index or config["registration"] == "none":
             conc = to_grid(tp.spect, grid) if not tp.spect.same_grid(grid) else \
@@ -241,7 +242,6 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
             reg = _register(ref.ct, tp.ct, config)
             moved, err = registration.resample_activity(tp.spect, reg.transform, grid)
             conc = moved.array
-            fixed_masks = organ_masks(lake, ref.ct_row["id"], config["organs"])
             moving_masks = organ_masks(lake, tp.ct_row["id"], config["organs"])
             dice = tuple(organ_dice(fixed_masks, moving_masks, t, ref.ct, tp.ct)
                          for t in (None, reg.transform))
