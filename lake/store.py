@@ -67,7 +67,6 @@ class Lake:
                  "created_utc": datetime.now(UTC).isoformat()}, indent=2).encode())
             log.info("created lake at %s", self.path)
         self._prepare_tables()
-        self._clean_temporaries()
         self.refresh_catalog()
 
     # -- opening -------------------------------------------------------------------------
@@ -83,15 +82,17 @@ class Lake:
                 "theralake")
 
     def _prepare_tables(self) -> None:
-        for name, schema in SCHEMAS.items():
-            folder = self.table_dir(name)
-            if not (folder / SCHEMA_PART).exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                _atomic_write_table(schema.empty_table(), folder / SCHEMA_PART)
+        """Give every table its schema part and remove the temporary files of a killed writer.
 
-    def _clean_temporaries(self) -> None:
-        """Remove temporary files left by a writer that was killed (never visible)."""
+        Both happen under the write lock: every writer of ``tables/`` holds it, so no temporary
+        file removed here can belong to a live write.
+        """
         with self.exclusive("write"):
+            for name, schema in SCHEMAS.items():
+                folder = self.table_dir(name)
+                if not (folder / SCHEMA_PART).exists():
+                    folder.mkdir(parents=True, exist_ok=True)
+                    _atomic_write_table(schema.empty_table(), folder / SCHEMA_PART)
             for tmp in (self.path / "tables").glob("*/.tmp-*"):
                 tmp.unlink(missing_ok=True)
 

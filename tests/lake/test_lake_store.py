@@ -133,6 +133,25 @@ def test_leftover_temporaries_are_removed_on_open(tmp_path):
     assert not junk.exists()
 
 
+def test_opening_waits_for_a_live_writer(tmp_path):
+    """Opening a lake (schema parts, clean-up) must not touch the files of a write under way."""
+    import threading
+
+    lake = Lake(tmp_path / "L")
+    schema_part = lake.table_dir("run_log") / "part-00000000-schema.parquet"
+    schema_part.unlink()
+    with lake.exclusive("write"):
+        live = lake.path / "tables" / "images" / ".tmp-live-write.parquet"
+        live.write_bytes(b"PAR1 being written")
+        opener = threading.Thread(target=Lake, args=(tmp_path / "L",), kwargs={"create": False})
+        opener.start()
+        opener.join(timeout=1.0)
+        assert opener.is_alive() and live.exists() and not schema_part.exists()
+        live.unlink()
+    opener.join(timeout=30)
+    assert not opener.is_alive() and schema_part.exists()
+
+
 def test_catalog_views_are_usable_from_duckdb(lake):
     import duckdb
 
