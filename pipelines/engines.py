@@ -147,26 +147,37 @@ class LocalBackend(_Backend):
         self._pool: ProcessPoolExecutor | None = None
 
     def submit(self, task: Task) -> object:
-        if self._pool is None:
-            import multiprocessing
+        for _ in range(2):
+            if self._pool is None:
+                import multiprocessing
 
-            self._pool = ProcessPoolExecutor(self.workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
-        return self._pool.submit(execute, self.lake_path, task, self.threads)
+                self._pool = ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                future = self._pool.submit(execute, self.lake_path, task, self.threads)
+            except BrokenProcessPool:  # a worker died since the last wait: a fresh pool
+                self._retire(self._pool)
+                continue
+            future.pool = self._pool  # type: ignore[attr-defined]
+            return future
+        raise RuntimeError("the worker pool breaks as soon as it starts")
 
     def wait_any(self, handles: list[object]) -> list[tuple[object, Outcome | None]]:
+        """A pool broken by a dead worker fails every attempt in it, each as ``None``."""
         done, _ = wait(handles, return_when=FIRST_COMPLETED)  # type: ignore[arg-type]
         out: list[tuple[object, Outcome | None]] = []
-        broken = False
         for fut in done:
-            exc = fut.exception()  # type: ignore[union-attr]
-            broken |= isinstance(exc, BrokenProcessPool)
-            out.append((fut, None if isinstance(exc, BrokenProcessPool) else _result(fut)))
-        if broken:  # every attempt in the dead pool is lost: all of them run again
-            out += [(f, None) for f in handles if f not in done]
-            self._pool.shutdown(wait=False, cancel_futures=True)  # type: ignore[union-attr]
-            self._pool = None
+            if isinstance(fut.exception(), BrokenProcessPool):  # type: ignore[union-attr]
+                self._retire(fut.pool)  # type: ignore[union-attr]
+                out.append((fut, None))
+            else:
+                out.append((fut, _result(fut)))  # type: ignore[arg-type]
         return out
+
+    def _retire(self, pool: ProcessPoolExecutor) -> None:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if pool is self._pool:
+            self._pool = None
 
     def close(self) -> None:
         if self._pool is not None:
