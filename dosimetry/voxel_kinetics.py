@@ -1,7 +1,9 @@
 """Voxel-level kinetics: TIA maps from serial activity maps, all voxels fitted at once.
 
-Every voxel's curve is fitted simultaneously by a batched Levenberg-Marquardt (torch,
-float64) with positivity/ordering built into the parameters::
+Every voxel's curve is fitted simultaneously (torch): the mono-exponential by variable
+projection (exact per voxel: grid, then golden section over the washout rate, which is at
+most ln(4)/t1), the bi-exponential by a batched Levenberg-Marquardt, with positivity/ordering
+built into the parameters::
 
     mono: A = a e^{-λw t},              a = e^{θ0}, λw = λmin + e^{θ1}
     bi:   A = a (e^{-λw t} - e^{-λu t}), λu = λw + e^{θ2}
@@ -126,6 +128,56 @@ def _lm(model: str, th0: torch.Tensor, t: torch.Tensor, y: torch.Tensor, w: torc
     return torch.stack(th, 1), cost
 
 
+#: the lowest s = log(λw - λmin) (1/h) searched, the coarse grid that brackets the global
+#: optimum, and the golden-section steps within the bracket (bracket width × 0.618^n)
+_S_LOW, _S_GRID, _GOLDEN_STEPS = -21.0, 32, 24
+#: the fastest mono-exponential washout: the curve extrapolated to t = 0 is at most this
+#: many times the first measurement (λw <= ln(4)/t1: with a first scan at 4 h, T½ >= 2 h);
+#: a voxel seen at the first time point only has no washout rate of its own
+MAX_BACK_EXTRAPOLATION = 4.0
+
+
+def _mono_profile(t: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lmin: float,
+                  lmax: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mono-exponential least squares, exact per voxel (variable projection).
+
+    For a given washout rate the best amplitude is linear, ``a = Σwye / Σwe²``, and the cost
+    ``Σwy² - (Σwye)² / Σwe²``: the search maximises ``(Σwye)² / Σwe²`` (no cancellation in
+    float32) over ``s = log(λw - λmin)``, λw <= ``lmax``: a coarse grid brackets the global
+    maximum (the cost can have two minima), golden section refines it. Returns ``[log a, s]``
+    and the cost.
+    """
+    def explained(s: torch.Tensor) -> torch.Tensor:
+        e = torch.exp(-(lmin + torch.exp(s))[:, None] * t)
+        we = w * e
+        num = (we * y).sum(1)
+        # a washout so fast that e underflows explains nothing (not 0/0)
+        return torch.nan_to_num(num * num / (we * e).sum(1), nan=0.0, posinf=0.0)
+
+    s_high = math.log(max(lmax - lmin, 1e-6))
+    grid = torch.linspace(min(_S_LOW, s_high - 1.0), s_high, _S_GRID, dtype=y.dtype)
+    best = torch.stack([explained(torch.full((y.shape[0],), float(g), dtype=y.dtype))
+                        for g in grid], 1).argmax(1)
+    step = float(grid[1] - grid[0])
+    lo = torch.clamp(grid[best] - step, min=float(grid[0]))
+    hi = torch.clamp(grid[best] + step, max=s_high)
+    golden = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = hi - golden * (hi - lo), lo + golden * (hi - lo)
+    fc, fd = explained(c), explained(d)
+    for _ in range(_GOLDEN_STEPS):
+        left = fc > fd  # the maximum lies in [lo, d]
+        hi, lo = torch.where(left, d, hi), torch.where(left, lo, c)
+        new = torch.where(left, hi - golden * (hi - lo), lo + golden * (hi - lo))
+        f_new = explained(new)
+        c, d = torch.where(left, new, d), torch.where(left, c, new)
+        fc, fd = torch.where(left, f_new, fd), torch.where(left, fc, f_new)
+    s = (lo + hi) / 2
+    e = torch.exp(-(lmin + torch.exp(s))[:, None] * t)
+    amp = (w * e * y).sum(1) / (w * e * e).sum(1)
+    cost = (w * (y - amp[:, None] * e) ** 2).sum(1)
+    return torch.stack([torch.log(torch.clamp(amp, min=1e-30)), s], 1), cost
+
+
 def _integral(model: str, th: torch.Tensor, lmin: float) -> torch.Tensor:
     a = torch.exp(th[:, 0])
     lw = lmin + torch.exp(th[:, 1])
@@ -180,6 +232,7 @@ def fit_voxel_tacs(time_h, activity_maps, model: str = "auto", *,
     if m.shape != shape:
         raise ValueError(f"mask shape {m.shape} differs from map shape {shape}")
     lmin = float(decay_constant_per_h) if decay_constant_per_h else 1e-6
+    lmax = math.log(MAX_BACK_EXTRAPOLATION) / t[0] if t[0] > 0 else 10.0
     y_all = a.reshape(t.size, -1).T
     sel = m.ravel() & (y_all.sum(1) > 0)
     low = sel & (y_all.sum(1) < min_activity_mbq)
@@ -212,7 +265,8 @@ def fit_voxel_tacs(time_h, activity_maps, model: str = "auto", *,
                 lu0 = torch.clamp(torch.maximum(5 * lw0, floor_u), max=50.0)
                 th0 = torch.stack([torch.log(a0 * 1.3), torch.log(lw0 - lmin),
                                    torch.log(lu0 - lw0)], 1)
-            th, cost = _lm(mdl, th0, tt, yn, w, lmin, n_iter)
+            th, cost = (_mono_profile(tt, yn, w, lmin, lmax) if mdl == "mono"
+                        else _lm(mdl, th0, tt, yn, w, lmin, n_iter))
             out[mdl] = (th, cost, _crit(t.size, th.shape[1], cost))
         if len(models) == 2:
             use_bi = out["bi"][2] < out["mono"][2]

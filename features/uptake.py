@@ -16,6 +16,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from theralake.lake.volume import bounding_box
+
 __all__ = ["PEAK_RADIUS_MM", "peak_kernel", "pet_metrics", "spect_metrics", "burden"]
 
 PEAK_RADIUS_MM = (3.0 / (4.0 * math.pi)) ** (1.0 / 3.0) * 10.0  # 1 cm³ sphere: 6.2 mm
@@ -31,30 +33,30 @@ def peak_kernel(voxel_mm) -> np.ndarray:
     return ball / ball.sum()
 
 
-def _check(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    img, m = np.asarray(image, dtype=float), np.asarray(mask, bool)
-    if img.shape != m.shape:
-        raise ValueError(f"mask shape {m.shape} is not the image's {img.shape}")
-    if not m.any():
+def _check(image: np.ndarray, mask: np.ndarray, voxel_mm) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """The image and mask cropped to the VOI plus the peak sphere's reach, validated."""
+    m = np.asarray(mask, bool)
+    if np.shape(image) != m.shape:
+        raise ValueError(f"mask shape {m.shape} is not the image's {np.shape(image)}")
+    box = bounding_box(m, margin=[s // 2 for s in peak_kernel(voxel_mm).shape])
+    if box is None:
         raise ValueError("VOI is empty on the image grid")
+    img, m = np.asarray(image[box], dtype=float), m[box]
     if not np.all(np.isfinite(img[m])):
         raise ValueError("image has NaN or infinite values inside the VOI")
     return img, m
 
 
-def _peak(img: np.ndarray, m: np.ndarray, voxel_mm) -> float:
-    k = peak_kernel(voxel_mm)
-    pad = [(s // 2, s // 2) for s in k.shape]
-    box = tuple(slice(max(int(i.min()) - p[0], 0), int(i.max()) + p[0] + 1)
-                for i, p in zip(np.nonzero(m), pad, strict=True))
-    local = ndimage.convolve(img[box], k, mode="constant", cval=0.0)
-    return float(local[m[box]].max())
+def _peak(img: np.ndarray, m: np.ndarray, voxel_mm) -> float:  # noqa: ANN001
+    """The highest sphere mean centred in the VOI (``img`` holds the sphere's reach)."""
+    local = ndimage.convolve(img, peak_kernel(voxel_mm), mode="constant", cval=0.0)
+    return float(local[m].max())
 
 
 def pet_metrics(suv: np.ndarray, mask: np.ndarray, voxel_mm, weight_kg: float | None = None
                 ) -> dict[str, float]:
     """SUVmax, SUVmean, SUVpeak, MTV (mL), TLA and, with the weight, TLF."""
-    img, m = _check(suv, mask)
+    img, m = _check(suv, mask, voxel_mm)
     voxel_ml = float(np.prod(voxel_mm)) / 1000.0
     vals = img[m]
     out = {"suvmax": float(vals.max()), "suvmean": float(vals.mean()),
@@ -68,7 +70,7 @@ def pet_metrics(suv: np.ndarray, mask: np.ndarray, voxel_mm, weight_kg: float | 
 def spect_metrics(bq_per_ml: np.ndarray, mask: np.ndarray, voxel_mm,
                   administered_mbq_now: float | None = None) -> dict[str, float]:
     """Max, mean and peak concentration (Bq/mL), volume, activity (MBq) and %IA."""
-    img, m = _check(bq_per_ml, mask)
+    img, m = _check(bq_per_ml, mask, voxel_mm)
     voxel_ml = float(np.prod(voxel_mm)) / 1000.0
     vals = img[m]
     out = {"max_bq_ml": float(vals.max()), "mean_bq_ml": float(vals.mean()),

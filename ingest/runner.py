@@ -15,7 +15,7 @@ import pandas as pd
 
 from theralake.ingest import contours, segmentations
 from theralake.ingest.calibration import CalibrationTable
-from theralake.ingest.dicom_files import Series, group_series, read_full, scan
+from theralake.ingest.dicom_files import Series, group_series, scan
 from theralake.ingest.dicom_images import IMAGE_MODALITIES, PendingImage, read_image_series
 from theralake.ingest.errors import IngestError
 from theralake.ingest.nifti import PendingLabels, read_nifti
@@ -331,7 +331,8 @@ class _Run:
 
     def write_structures(self, s: Series, mapping: Mapping) -> None:
         # an RTSTRUCT's header is the whole object; a SEG's frames and pixels are read now
-        ds = s.first if s.modality == "RTSTRUCT" else read_full(s.paths[0])
+        ds, frames = (s.first, []) if s.modality == "RTSTRUCT" else \
+            segmentations.read_seg(s.paths[0], s.first, s.label)
         raw = str(ds.get("PatientID", ""))
         idents = identifying_values(ds)
         if s.modality == "RTSTRUCT":
@@ -367,7 +368,6 @@ class _Run:
             if not rows:
                 raise IngestError(s.label, "RTSTRUCT without closed planar contours")
         else:
-            frames = segmentations.seg_frames(ds, s.label)
             if ref is None:
                 log.warning("%s: referenced image not found; VOIs kept on the SEG's own grid",
                             s.label)

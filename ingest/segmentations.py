@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
 
+from theralake.ingest.dicom_files import read_full
 from theralake.ingest.errors import IngestError
+from theralake.ingest.seg_bytes import seg_frame_values
 from theralake.lake import Volume
 
 log = logging.getLogger(__name__)
@@ -20,6 +23,30 @@ def _item(group: Dataset, shared: Dataset, name: str, label: str, i: int) -> Dat
     return seq[0]
 
 
+def _threshold(ds: Dataset) -> float:
+    if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
+        return 0.5 * float(ds.get("MaximumFractionalValue", 1) or 1)
+    return 0.5
+
+
+def _shared(ds: Dataset) -> Dataset:
+    return ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds \
+        else Dataset()
+
+
+def _frame(segment: int, group: Dataset, shared: Dataset, position, pixels: np.ndarray,  # noqa: ANN001
+           label: str, i: int) -> dict:
+    return {
+        "segment": segment,
+        "position": np.asarray(position, dtype=float),
+        "orientation": np.array([float(v) for v in _item(
+            group, shared, "PlaneOrientationSequence", label, i).ImageOrientationPatient
+        ]).reshape(2, 3),
+        "measures": _item(group, shared, "PixelMeasuresSequence", label, i),
+        "pixels": pixels,
+    }
+
+
 def seg_frames(ds: Dataset, label: str) -> list[dict]:
     """Per frame: segment number, position, orientation, pixel spacing, boolean pixels."""
     if "SegmentSequence" not in ds or "PerFrameFunctionalGroupsSequence" not in ds:
@@ -29,10 +56,7 @@ def seg_frames(ds: Dataset, label: str) -> list[dict]:
     except Exception as exc:  # noqa: BLE001
         raise IngestError(label, f"SEG pixel data cannot be decoded ({exc})") from exc
     pixels = pixels[None] if pixels.ndim == 2 else pixels
-    threshold = 0.5 * float(ds.get("MaximumFractionalValue", 1) or 1) \
-        if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL" else 0.5
-    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds \
-        else Dataset()
+    threshold, shared = _threshold(ds), _shared(ds)
     groups = list(ds.PerFrameFunctionalGroupsSequence)
     if len(groups) != pixels.shape[0]:
         if ds.get("NumberOfFrames") not in (None, ""):
@@ -44,17 +68,25 @@ def seg_frames(ds: Dataset, label: str) -> list[dict]:
     out = []
     for i, group in enumerate(groups):
         seg_id = _item(group, shared, "SegmentIdentificationSequence", label, i)
-        out.append({
-            "segment": int(seg_id.ReferencedSegmentNumber),
-            "position": np.array([float(v) for v in _item(
-                group, shared, "PlanePositionSequence", label, i).ImagePositionPatient]),
-            "orientation": np.array([float(v) for v in _item(
-                group, shared, "PlaneOrientationSequence", label, i).ImageOrientationPatient
-            ]).reshape(2, 3),
-            "measures": _item(group, shared, "PixelMeasuresSequence", label, i),
-            "pixels": pixels[i] > threshold,
-        })
+        position = [float(v) for v in _item(
+            group, shared, "PlanePositionSequence", label, i).ImagePositionPatient]
+        out.append(_frame(int(seg_id.ReferencedSegmentNumber), group, shared, position,
+                          pixels[i] > threshold, label, i))
     return out
+
+
+def read_seg(path: Path, header: Dataset, label: str) -> tuple[Dataset, list[dict]]:
+    """A SEG file's data set and frames (:func:`seg_frames`); the per-frame groups and pixels
+    are read from the bytes when :func:`seg_frame_values` can, and the data set is then the
+    header (all but the per-frame groups and pixels)."""
+    fast = seg_frame_values(path, header) if "SegmentSequence" in header else None
+    if fast is None:
+        ds = read_full(path)
+        return ds, seg_frames(ds, label)
+    values, pixels = fast
+    threshold, shared, none = _threshold(header), _shared(header), Dataset()
+    return header, [_frame(segment, none, shared, position, pixels[i] > threshold, label, i)
+                    for i, (segment, position) in enumerate(values)]
 
 
 def segment_labels(ds: Dataset) -> dict[int, str]:

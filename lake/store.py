@@ -8,6 +8,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -32,6 +34,9 @@ class LakeError(RuntimeError):
     """A lake that cannot be opened or written as asked."""
 
 
+_DUCK_LOCK = threading.Lock()
+
+
 def default_lake_path() -> Path:
     return Path(os.environ.get("THERALAKE_LAKE", "lake"))
 
@@ -52,6 +57,7 @@ class Lake:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True):
         self.path = Path(path) if path is not None else default_lake_path()
         self.path = self.path.resolve()
+        self._duck: duckdb.DuckDBPyConnection | None = None
         meta = self.path / META_FILE
         if meta.exists():
             self._check_meta(meta)
@@ -102,13 +108,28 @@ class Lake:
         return self.path / "tables" / table
 
     # -- catalog -------------------------------------------------------------------------
-    def _view_sql(self) -> list[str]:
+    def _view_sql(self, tables: Iterable[str] = SCHEMAS, temporary: bool = False) -> list[str]:
         out = []
-        for name in SCHEMAS:
+        for name in tables:
             pattern = (self.table_dir(name) / "part-*.parquet").as_posix().replace("'", "''")
-            out.append(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM "
-                       f"read_parquet('{pattern}', union_by_name = true)")
+            out.append(f"CREATE OR REPLACE {'TEMP ' if temporary else ''}VIEW {name} AS "
+                       f"SELECT * FROM read_parquet('{pattern}', union_by_name = true)")
         return out
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on this object's in-memory DuckDB, which caches the parts' footers.
+
+        Parts are immutable once written (a part's name is the hash of its rows), so cached
+        footers never go stale; new parts are found by the glob of each query.
+        """
+        with _DUCK_LOCK:
+            if self._duck is None:
+                self._duck = duckdb.connect()
+                self._duck.execute("SET GLOBAL parquet_metadata_cache = true")
+            return self._duck.cursor()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_duck": None}
 
     def refresh_catalog(self) -> None:
         """(Re)write ``catalog.duckdb``'s views; other tools can open it directly."""
@@ -125,16 +146,24 @@ class Lake:
             finally:
                 con.close()
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with a view per table (safe beside other processes)."""
+    def connect(self, tables: Iterable[str] = SCHEMAS) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with a view per table (safe beside other processes).
+
+        Creating a view reads the footers of the table's parts, so a caller that needs only
+        some tables names them.
+        """
         con = duckdb.connect()
-        for stmt in self._view_sql():
+        for stmt in self._view_sql(tables):
             con.execute(stmt)
         return con
 
     def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
-        con = self.connect()
+        """Run a query over the tables (by name, as views) and return a DataFrame."""
+        con = self._cursor()
         try:
+            for stmt in self._view_sql([t for t in SCHEMAS if re.search(rf"\b{t}\b", query)],
+                                       temporary=True):
+                con.execute(stmt)
             return con.execute(query, params or []).df()
         finally:
             con.close()
@@ -151,8 +180,12 @@ class Lake:
         files = self._parts(table)
         if not files:
             return set()
-        ids = pq.ParquetDataset(files).read(columns=["id"]).column("id").to_pylist()
-        return set(ids)
+        con = self._cursor()
+        try:
+            rows = con.execute("SELECT id FROM read_parquet(?)", [files]).fetchall()
+        finally:
+            con.close()
+        return {r[0] for r in rows}
 
     def _parts(self, table: str) -> list[str]:
         return sorted(str(p) for p in self.table_dir(table).glob("part-*.parquet"))

@@ -45,6 +45,42 @@ def test_voxel_fit_recovers_truth_and_chooses_models():
     assert (res.model_map == 0).mean() > 0.6
 
 
+def test_mono_voxel_fit_reaches_the_weighted_least_squares_minimum():
+    """Every voxel at its own optimum, also noisy and rising curves (rate at its bound)."""
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(3)
+    t3 = np.array([4.0, 24.0, 168.0])
+    n = 60
+    lw = math.log(2) / rng.uniform(20, 150, n)
+    curves = rng.uniform(1, 10, n) * np.exp(-np.outer(t3, lw)) * (1 + 0.3 * rng.normal(size=(3, n)))
+    curves[:, :5] = np.linspace(1, 3, 3)[:, None]  # rising: no washout faster than decay
+    curves = np.abs(curves)
+    res = fit_voxel_tacs(t3, curves, model="mono", decay_constant_per_h=LAM)
+    for v in range(n):
+        y = curves[:, v] / curves[:, v].max()
+        w = 1 / np.maximum(y, 0.05)
+
+        def cost(lam, y=y, w=w):
+            e = np.exp(-lam * t3)
+            amp = (w * y * e).sum() / (w * e * e).sum()
+            return (w * (y - amp * e) ** 2).sum(), amp
+
+        lams = np.linspace(LAM, math.log(4) / t3[0], 20001)  # the global optimum's bracket
+        i = int(np.argmin([cost(x)[0] for x in lams]))
+        best = minimize_scalar(lambda x: cost(x)[0], bounds=(lams[max(i - 1, 0)], lams[min(
+            i + 1, lams.size - 1)]), method="bounded", options={"xatol": 1e-12})
+        lam_best = best.x
+        tia = cost(lam_best)[1] / lam_best * curves[:, v].max()
+        assert res.tia_map[v] == pytest.approx(tia, rel=1e-4)
+    # seen at the first time point only: the steepest allowed washout, a(0) = 4 x A(t1)
+    first_only = fit_voxel_tacs(t3, np.array([[2.0], [0.0], [0.0]]), model="mono",
+                                decay_constant_per_h=LAM)
+    lam_max = math.log(4) / t3[0]
+    assert first_only.lambda_eff_map[0] == pytest.approx(lam_max, rel=1e-5)
+    assert first_only.tia_map[0] == pytest.approx(4 * 2.0 / lam_max, rel=1e-4)
+
+
 def test_organ_scaled_fallback():
     rng = np.random.default_rng(2)
     maps = rng.uniform(0, 1, (T.size, 5, 5, 5))
