@@ -84,16 +84,28 @@ def disjoint_regions(vois: Mapping[str, Volume], shell_mm: Mapping[str, float] |
         taken |= m
         thickness = float(shell_mm.get(name, 0.0))
         if thickness > 0:
-            spacing = np.asarray(vois[name].spacing_mm, dtype=float)[::-1]
-            # distance of each voxel centre to the organ's surface (half a voxel outside)
-            depth = ndimage.distance_transform_edt(m, sampling=spacing) - 0.5 * spacing.min()
-            core = depth > thickness
+            core = _deeper_than(m, np.asarray(vois[name].spacing_mm, dtype=float)[::-1],
+                                thickness)
             if core.sum() >= 8:  # too thin an organ stays one region
                 out[name + CORE] = core
                 m = m & ~core
         out[name] = m
     if "body" in vois:
         out["remainder"] = vois["body"].array.astype(bool) & ~taken
+    return out
+
+
+def _deeper_than(mask: np.ndarray, spacing_zyx: np.ndarray, thickness_mm: float) -> np.ndarray:
+    """The voxels of ``mask`` whose centre lies deeper than ``thickness_mm`` below its surface
+    (half a voxel outside the outer voxel centres). The distance transform runs on the mask's
+    box widened by one voxel: the nearest outside voxel of any inside voxel lies in that box,
+    so the distances are those of the whole grid."""
+    out = np.zeros(mask.shape, bool)
+    box = bounding_box(mask, 1)
+    if box is None:
+        return out
+    depth = ndimage.distance_transform_edt(mask[box], sampling=spacing_zyx)
+    out[box] = depth - 0.5 * spacing_zyx.min() > thickness_mm
     return out
 
 
@@ -119,7 +131,7 @@ def voi_activities_mbq(activity_mbq: np.ndarray, grid: Volume, vois: Mapping[str
         raise ValueError("partial_volume needs method 'gtm' and the SPECT fwhm_mm")
     fine = disjoint_regions(vois, pv.get("shell_mm"))
     ct = next(iter(vois.values()))
-    occupancy = {n: np.clip(to_grid(ct.like(m.astype(np.float32)), grid), 0, 1)
+    occupancy = {n: np.clip(occupancy_on(ct.like(m.astype(np.uint8)), grid), 0, 1)
                  .astype(np.float64) for n, m in fine.items()}
     occupancy = {n: o for n, o in occupancy.items() if (o >= 0.5).any()}
     fwhm = float(pv["fwhm_mm"])

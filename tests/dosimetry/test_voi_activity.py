@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from theralake.dosimetry.voi_activity import mask_on, occupancy_on, to_grid
+from theralake.dosimetry.voi_activity import (
+    CORE,
+    disjoint_regions,
+    mask_on,
+    occupancy_on,
+    to_grid,
+)
 from theralake.lake import Volume
 from theralake.lake.volume import bounding_box
 
@@ -51,3 +58,17 @@ def test_bounding_box_and_crop_keep_the_world_position():
     np.testing.assert_allclose(sub.index_to_world(np.zeros(3)),
                                mask.index_to_world(np.array([25.0, 20.0, 15.0])))
     assert bounding_box(np.zeros((3, 3, 3))) is None
+
+
+@pytest.mark.parametrize("centre, radius", [((20, 25, 30), 9), ((2, 3, 58), 7)])
+def test_kidney_core_from_the_cropped_distance_transform_equals_the_whole_grid(centre, radius):
+    """The shell/core split of the GTM: the distance transform on the organ's box (one voxel
+    wider) gives the depths of the whole grid, also for an organ cut by the grid's edge."""
+    mask = _ct_mask(centre, radius)
+    spacing = np.asarray(mask.spacing_mm, dtype=float)[::-1]
+    depth = ndimage.distance_transform_edt(mask.array, sampling=spacing) - 0.5 * spacing.min()
+    regions = disjoint_regions({"kidney_left": mask}, {"kidney_left": 7.0})
+    core = regions["kidney_left" + CORE]
+    assert core.sum() >= 8
+    assert (core == (depth > 7.0)).all()
+    assert (regions["kidney_left"] == (mask.array.astype(bool) & ~core)).all()
