@@ -251,22 +251,20 @@ def fit_voxel_tacs(time_h, activity_maps, model: str = "auto", *,
         scale = y.max(1, keepdim=True).values
         yn = y / scale
         w = (1.0 / torch.clamp(yn, min=0.05)) if weighting == "poisson" else torch.ones_like(yn)
-        # starting values: log-linear through the last two points
-        y1, y2 = torch.clamp(yn[:, -2], min=1e-3), torch.clamp(yn[:, -1], min=1e-3)
-        lw0 = torch.clamp(torch.log(y1 / y2) / float(t[-1] - t[-2]), min=lmin * 1.1 + 1e-6,
-                          max=10.0)
-        a0 = torch.clamp(yn[:, -1] * torch.exp(lw0 * float(t[-1])), min=1e-3, max=1e6)
         out = {}
         for mdl in models:
             if mdl == "mono":
-                th0 = torch.stack([torch.log(a0), torch.log(lw0 - lmin)], 1)
-            else:
+                th, cost = _mono_profile(tt, yn, w, lmin, lmax)
+            else:  # LM from a log-linear start through the last two points
+                y1, y2 = torch.clamp(yn[:, -2], min=1e-3), torch.clamp(yn[:, -1], min=1e-3)
+                lw0 = torch.clamp(torch.log(y1 / y2) / float(t[-1] - t[-2]),
+                                  min=lmin * 1.1 + 1e-6, max=10.0)
+                a0 = torch.clamp(yn[:, -1] * torch.exp(lw0 * float(t[-1])), min=1e-3, max=1e6)
                 floor_u = torch.full_like(lw0, 2.0 / float(t[0] or 1.0))
                 lu0 = torch.clamp(torch.maximum(5 * lw0, floor_u), max=50.0)
                 th0 = torch.stack([torch.log(a0 * 1.3), torch.log(lw0 - lmin),
                                    torch.log(lu0 - lw0)], 1)
-            th, cost = (_mono_profile(tt, yn, w, lmin, lmax) if mdl == "mono"
-                        else _lm(mdl, th0, tt, yn, w, lmin, n_iter))
+                th, cost = _lm(mdl, th0, tt, yn, w, lmin, n_iter)
             out[mdl] = (th, cost, _crit(t.size, th.shape[1], cost))
         if len(models) == 2:
             use_bi = out["bi"][2] < out["mono"][2]

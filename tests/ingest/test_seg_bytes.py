@@ -7,32 +7,21 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from synthetic_segs import write_both_segs
 
 from theralake.ingest.dicom_files import read_full, read_header
 from theralake.ingest.seg_bytes import seg_frame_values
 from theralake.ingest.segmentations import read_seg, seg_frames
-from theralake.synth.config import SynthConfig
 
 
 @pytest.fixture(scope="module")
 def segs(tmp_path_factory) -> dict[str, Path]:
-    from theralake.synth.dicom_writer import UidFactory, write_ct, write_seg, write_seg_highdicom
-    from theralake.synth.imaging import render_sessions
-    from theralake.synth.patient import simulate_patient
-
     out = tmp_path_factory.mktemp("segs")
-    cfg = SynthConfig(patients=1, cycles=1, seed=9, small=True, time_points_h=(4,))
-    pt = simulate_patient(cfg, 0)
-    s = list(render_sessions(pt, cfg.seed, cfg.small))[1]
-    uids = UidFactory(cfg.seed, pt.patient_id)
-    ref = write_ct(pt, s, out, uids)
-    write_seg(pt, s, ref, out, uids)
-    write_seg_highdicom(pt, s, ref, out / "highdicom.dcm", uids)
-    implicit = pydicom.dcmread(out / "highdicom.dcm")
+    fast, highdicom = write_both_segs(out)
+    implicit = pydicom.dcmread(highdicom)
     implicit.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     implicit.save_as(out / "implicit.dcm", enforce_file_format=True)
-    return {"fast writer": out / s.tag / "SEG" / "SEG0001.dcm",
-            "highdicom": out / "highdicom.dcm", "implicit VR": out / "implicit.dcm"}
+    return {"fast writer": fast, "highdicom": highdicom, "implicit VR": out / "implicit.dcm"}
 
 
 @pytest.mark.parametrize("kind", ["fast writer", "highdicom", "implicit VR"])

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import yaml
+from synthetic_segs import write_both_segs
 
 from theralake.synth.cohort import generate_cohort, generate_patient
 from theralake.synth.config import SynthConfig
@@ -148,19 +149,8 @@ def test_seg_matches_truth(dicom_cohort: Path) -> None:
 
 
 def test_fast_seg_equals_highdicom(tmp_path: Path) -> None:
-    from theralake.synth.dicom_writer import UidFactory, write_ct, write_seg, write_seg_highdicom
-    from theralake.synth.imaging import render_sessions
-    from theralake.synth.patient import simulate_patient
-
-    cfg = SynthConfig(patients=1, cycles=1, seed=9, small=True, time_points_h=(4,))
-    pt = simulate_patient(cfg, 0)
-    s = list(render_sessions(pt, cfg.seed, cfg.small))[1]
-    uids = UidFactory(cfg.seed, pt.patient_id)
-    ref = write_ct(pt, s, tmp_path, uids)
-    write_seg(pt, s, ref, tmp_path, uids)
-    write_seg_highdicom(pt, s, ref, tmp_path / "hd.dcm", uids)
-    a = hd.seg.segread(tmp_path / s.tag / "SEG" / "SEG0001.dcm")
-    b = hd.seg.segread(tmp_path / "hd.dcm")
+    fast, highdicom = write_both_segs(tmp_path)
+    a, b = hd.seg.segread(fast), hd.seg.segread(highdicom)
     assert a.number_of_segments == b.number_of_segments
     va = a.get_volume(combine_segments=False)
     vb = b.get_volume(combine_segments=False)
