@@ -130,65 +130,7 @@ def kernel(
         typer.echo(f"wrote {out}")
 
 
-def dosimetry(
-    patient: str | None = typer.Option(None, help="lake patient_id (default: every patient)"),
-    cycle: int | None = typer.Option(None, help="cycle (default: every cycle with SPECT)"),
-    method: str | None = typer.Option(None, help="ldm | vsv | vsv-density | organ-s"),
-    registration: str | None = typer.Option(
-        None, help="deformable | rigid | none | ai (a model trained by train-reg)"),
-    config: Path | None = typer.Option(None, help="YAML settings (see the packaged default)"),
-    lake: Path | None = typer.Option(None, help="lake folder"),
-) -> None:
-    """Image-based dosimetry of patient-cycles: registration, VOIs, TACs, TIA, dose, BED."""
-    from rich.progress import Progress
-
-    from theralake.dosimetry.patient import (
-        DosimetryError,
-        load_config,
-        record_config,
-        resolve_config,
-        run_cycle,
-    )
-    from theralake.lake import Lake
-
-    the_lake = Lake(lake, create=False)
-    try:
-        settings = resolve_config(the_lake, load_config(config, method=method,
-                                                        registration=registration))
-    except DosimetryError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    record_config(the_lake, settings)
-    where, params = "kind = 'spect'", []
-    if patient:
-        where, params = where + " AND patient_id = ?", params + [patient]
-    if cycle is not None:
-        where, params = where + " AND cycle = ?", params + [cycle]
-    todo = the_lake.sql(f"SELECT DISTINCT patient_id, cycle FROM images WHERE {where} "
-                        "ORDER BY patient_id, cycle", params)
-    if todo.empty:
-        typer.echo("error: no SPECT in the lake for that selection", err=True)
-        raise typer.Exit(2)
-    failed = []
-    with Progress(transient=True) as bar:
-        task = bar.add_task("dosimetry", total=len(todo))
-        for pid, cyc in todo.itertuples(index=False):
-            try:
-                res = run_cycle(the_lake, pid, int(cyc), settings)
-                typer.echo(f"{pid} cycle {cyc}: {len(res.organ_rows)} VOIs")
-            except DosimetryError as exc:
-                failed.append(str(exc))
-            except (ValueError, RuntimeError) as exc:  # physics refusing this patient's data
-                failed.append(f"patient {pid} cycle {cyc}: {exc}")
-            bar.advance(task)
-    for msg in failed:
-        typer.echo(f"failed: {msg}", err=True)
-    if failed:
-        raise typer.Exit(1)
-
-
 def register(app: typer.Typer) -> None:
-    """Add the ``tac``, ``kernel`` and ``dosimetry`` commands to ``app``."""
+    """Add the ``tac`` and ``kernel`` commands to ``app``."""
     app.command("tac")(tac)
     app.command("kernel")(kernel)
-    app.command("dosimetry")(dosimetry)

@@ -553,23 +553,31 @@ def select_tac_model(time_h, activity_mbq, models: tuple[str, ...] = ("mono", "b
         chosen = min(ranked, key=lambda f: f.aicc)
         rule = "no plausible fit; lowest AICc among converged fits (check reasons)"
     else:
-        try:
-            decreasing = t.size == 2 and a[1] < a[0] and a[1] > 0
-            if decreasing:
-                chosen = fit_tac(t, a, "mono", **kw)
-                rule = "fallback: too few points for AICc; mono-exponential through the points"
-            else:
-                raise RuntimeError
-        except RuntimeError:
-            chosen = fit_tac(t, a, "trapezoid", sigma_mbq=s,
-                             decay_constant_per_h=decay_constant_per_h)
-            rule = "fallback: too few points for AICc; trapezoid with tail"
+        chosen, rule = _few_points(t, a, s, kw, decay_constant_per_h)
         fits.append(chosen)
     if bootstrap:
         lmin = decay_constant_per_h if decay_constant_per_h is not None else 1e-6
         lmax = max(50.0 / max(t[0], 0.05), 100 * lmin)
         _bootstrap(chosen, t, a, s, int(bootstrap), seed, lmin, lmax)
     return TacSelection(chosen=chosen, fits=fits, rule=rule)
+
+
+def _few_points(t, a, s, kw: dict, decay_constant_per_h: float | None) -> tuple[TacFit, str]:
+    """Too few points for AICc: the mono-exponential when the curve falls from its first
+    point (through two points; fitted, and plausible, through three), else the trapezoid."""
+    falling = a[1] < a[0] and a[-1] > 0
+    if falling:
+        try:
+            mono = fit_tac(t, a, "mono", **kw)
+            if t.size == 2:
+                return mono, ("fallback: too few points for AICc; mono-exponential through "
+                              "the points")
+            if mono.plausible:
+                return mono, "too few points for AICc; mono-exponential fit (plausible)"
+        except RuntimeError:
+            pass
+    trapezoid = fit_tac(t, a, "trapezoid", sigma_mbq=s, decay_constant_per_h=decay_constant_per_h)
+    return trapezoid, "fallback: too few points for AICc; trapezoid with tail"
 
 
 # --------------------------------------------------------------------------- single time point

@@ -149,6 +149,12 @@ def register_ct(fixed: Volume, moving: Volume, preset: dict | None = None,
     return result
 
 
+def no_registration(fixed: Volume, moving: Volume) -> RegistrationResult:
+    """The identity (images taken as they lie in the world), with the CTs' similarity."""
+    ncc, mi = similarity(fixed, moving)
+    return RegistrationResult(sitk.Transform(3, sitk.sitkIdentity), ncc, ncc, mi, mi)
+
+
 def flag_quality(result: RegistrationResult, quality: dict, extra: list[str] | None = None
                  ) -> RegistrationResult:
     """Flag a registration that lowered NCC or folded space (thresholds from the preset)."""

@@ -38,6 +38,7 @@ abdominal SPECT/CT).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
 import logging
@@ -47,7 +48,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,10 +56,7 @@ import torch
 
 from theralake.dosimetry import registration
 from theralake.dosimetry.registration import RegistrationResult
-from theralake.lake import Volume
-
-if TYPE_CHECKING:  # pragma: no cover
-    from theralake.lake import Lake
+from theralake.lake import Lake, Volume
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +64,20 @@ FORMAT = "theralake-ai-registration/1"
 CONFIG_FILE = "ai_registration.json"
 WEIGHTS_FILE = "weights.pt"
 SIMILARITIES = ("lncc", "mi")
+MODEL_DIR = "models/registration-ai"
+
+
+def default_model_dir(lake: Lake) -> Path:
+    """Where a lake keeps its trained registration model."""
+    return Path(lake.path) / MODEL_DIR
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """SHA-256 of a saved model's weights and settings (its identity in run parameters)."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        digest.update((Path(folder) / name).read_bytes())
+    return digest.hexdigest()
 
 
 class ModelMissingError(RuntimeError):

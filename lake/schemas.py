@@ -77,6 +77,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("series_key", _str),  # keyed hash of SeriesInstanceUID
         pa.field("frame_of_reference_key", _str),  # keyed hash of FrameOfReferenceUID
         pa.field("description", _str),
+        pa.field("resolution_fwhm_mm", _f64),  # SPECT system resolution (camera calibration)
         VOXEL_COLUMNS,
         LINEAGE_COLUMNS,
     ),
@@ -125,6 +126,20 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("cumulative_eqd2_gy", _f64),
         pa.field("fit_model", _str),
         pa.field("fit_parameters", _str),  # JSON
+        # how the TIA was obtained: fit, hanscheid2018 or madsen2018, from which time points
+        pa.field("tia_method", _str),
+        pa.field("time_points_h", pa.list_(_f64)),
+        pa.field("partial_volume", _str),  # none | gtm | recovery: the TAC's correction
+        # which dose absorbed_dose_gy is, and the dose map's own mean in the VOI (the DVH's)
+        pa.field("dose_basis", _str),
+        pa.field("map_mean_dose_gy", _f64),
+        # the kinetics behind BED: BED = D + G D^2 / (alpha/beta)
+        pa.field("effective_half_life_h", _f64),
+        pa.field("lea_catcheside_g", _f64),
+        pa.field("alpha_beta_gy", _f64),
+        pa.field("repair_half_time_h", _f64),
+        pa.field("voi_id", _str),  # the vois row measured
+        pa.field("quality", _str),  # pass | warn | fail: the worst finding of this VOI
         LINEAGE_COLUMNS,
     ),
     "dose_maps": _schema(
@@ -135,6 +150,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("method", _str, nullable=False),
         pa.field("units", _str, nullable=False),
         pa.field("frame_of_reference_key", _str),
+        pa.field("reference_ct_id", _str),  # the CT whose VOIs and grid the map goes with
         VOXEL_COLUMNS,
         LINEAGE_COLUMNS,
     ),
@@ -190,6 +206,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("volume_ml", _f64),
         pa.field("dose_gy", pa.list_(_f64)),  # increasing, 0 .. Dmax
         pa.field("volume_fraction", pa.list_(_f64)),  # receiving at least dose_gy
+        pa.field("basis", _str),  # which map: e.g. "vsv dose map, no partial-volume correction"
         LINEAGE_COLUMNS,
     ),
     "feature_errors": _schema(  # a VOI/feature skipped by the feature job, with the reason
@@ -201,6 +218,19 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("feature_class", _str, nullable=False),
         pa.field("image_id", _str),
         pa.field("reason", _str, nullable=False),
+        LINEAGE_COLUMNS,
+    ),
+    "quality": _schema(  # findings of a step per patient-cycle and VOI (nothing silent)
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("cycle", _i64),
+        pa.field("step", _str, nullable=False),  # dosimetry, ...
+        pa.field("voi", _str),  # None: the whole patient-cycle
+        pa.field("check", _str, nullable=False),  # e.g. organ_missing, fit_implausible
+        pa.field("status", _str, nullable=False),  # pass | warn | fail
+        pa.field("message", _str, nullable=False),
+        pa.field("value", _f64),  # the number the check looked at, when there is one
+        pa.field("image_id", _str),
         LINEAGE_COLUMNS,
     ),
     "clinical": _schema(

@@ -27,7 +27,7 @@ from theralake.lake.volume import Volume
 log = logging.getLogger(__name__)
 
 META_FILE = "theralake.json"
-SCHEMA_PART = "part-00000000-schema.parquet"
+SCHEMA_PART = "part-00000000-schema-{digest}.parquet"  # one empty part per schema version
 
 
 class LakeError(RuntimeError):
@@ -96,9 +96,10 @@ class Lake:
         with self.exclusive("write"):
             for name, schema in SCHEMAS.items():
                 folder = self.table_dir(name)
-                if not (folder / SCHEMA_PART).exists():
+                part = folder / SCHEMA_PART.format(digest=_schema_digest(schema))
+                if not part.exists():  # a column added since: union_by_name sees it
                     folder.mkdir(parents=True, exist_ok=True)
-                    _atomic_write_table(schema.empty_table(), folder / SCHEMA_PART)
+                    _atomic_write_table(schema.empty_table(), part)
             for tmp in (self.path / "tables").glob("*/.tmp-*"):
                 tmp.unlink(missing_ok=True)
 
@@ -264,6 +265,10 @@ class Lake:
             return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in SCHEMAS}
         finally:
             con.close()
+
+
+def _schema_digest(schema: pa.Schema) -> str:
+    return hashlib.sha256(schema.to_string(show_schema_metadata=False).encode()).hexdigest()[:12]
 
 
 def _atomic_write_table(table: pa.Table, dest: Path) -> None:

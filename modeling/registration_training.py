@@ -9,7 +9,6 @@ lake's MLflow store. ``theralake train-reg`` is its command (:func:`register`).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,28 +17,13 @@ from typing import Annotated
 
 import typer
 
+from theralake.dosimetry.registration_ai import default_model_dir, weights_sha256
 from theralake.lake import Lake
 
 __all__ = ["EXPERIMENT", "RegistrationTraining", "default_model_dir", "register",
            "train_registration", "weights_sha256"]
 
 EXPERIMENT = "ct-registration"
-MODEL_DIR = "models/registration-ai"
-
-
-def default_model_dir(lake: Lake) -> Path:
-    """Where a lake keeps its trained registration model."""
-    return Path(lake.path) / MODEL_DIR
-
-
-def weights_sha256(folder: str | Path) -> str:
-    """SHA-256 of a saved model's weights and settings (its identity in run parameters)."""
-    from theralake.dosimetry.registration_ai import CONFIG_FILE, WEIGHTS_FILE
-
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        digest.update((Path(folder) / name).read_bytes())
-    return digest.hexdigest()
 
 
 @dataclass

@@ -18,6 +18,7 @@ from theralake.lake import Lake, LakeError
 from theralake.modeling.cli import register as register_modeling
 from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
+from theralake.pipelines.dosimetry_cli import register as register_dosimetry_run
 from theralake.pipelines.report import register as register_report
 from theralake.synth.cli import register as register_synth
 
@@ -27,6 +28,7 @@ app = typer.Typer(help="theralake: image-based dosimetry for radiopharmaceutical
                   no_args_is_help=True, pretty_exceptions_enable=False)
 register_ingest(app)
 register_dosimetry(app)
+register_dosimetry_run(app)
 register_synth(app)
 register_segmentation_training(app)
 register_registration_training(app)

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from theralake.dosimetry.settings import config_hash, record_config
 from theralake.lake import Lake, stable_hash
+from theralake.lake.views import cycle_input_ids
+from theralake.pipelines.cycle import dosimetry_cycle, dosimetry_settings
 from theralake.settings import deep_merge
 
 STEPS = ("ingest", "dosimetry", "features", "train")
@@ -114,35 +117,23 @@ def _run_ingest(lake: Lake, params: dict) -> None:
 
 
 # -- dosimetry -------------------------------------------------------------------------------
-def dosimetry_settings(lake: Lake, settings: dict) -> dict:
-    from theralake.dosimetry.patient import load_config, resolve_config
-
+def _dosimetry_settings(lake: Lake, settings: dict) -> dict:
     opts = settings.get("dosimetry") or {}
-    return resolve_config(lake, load_config(opts.get("config"), **(opts.get("overrides") or {})))
+    return dosimetry_settings(lake, opts.get("config"), **(opts.get("overrides") or {}))
 
 
 def _plan_dosimetry(lake: Lake, settings: dict, source: Path | None) -> list[Task]:
-    from theralake.dosimetry.patient import config_hash, record_config
-    from theralake.ingest.records import IMPORTED_VOI_SOURCES
-
-    config = dosimetry_settings(lake, settings)
+    config = _dosimetry_settings(lake, settings)
     chash = config_hash(config)
-    images = lake.sql("SELECT patient_id, cycle, id FROM images WHERE cycle IS NOT NULL")
-    cycles = lake.sql("SELECT DISTINCT patient_id, cycle FROM images WHERE kind = 'spect' "
-                      "AND cycle IS NOT NULL ORDER BY patient_id, cycle")
-    if cycles.empty:
+    inputs = cycle_input_ids(lake)
+    if not inputs:
         return []
     record_config(lake, config)
-    sources = ", ".join(f"'{s}'" for s in IMPORTED_VOI_SOURCES)
-    vois = _ids_by_patient(lake, "vois", f"source IN ({sources})")
-    admins = _ids_by_patient(lake, "administrations")
-    by_cycle = {k: sorted(g.id) for k, g in images.groupby(["patient_id", "cycle"])}
     tasks: list[Task] = []
     previous: dict[str, Task] = {}
-    for pid, cyc in cycles.itertuples(index=False):
+    for (pid, cyc), ids in sorted(inputs.items()):
         prev = previous.get(pid)
-        h = stable_hash("dosimetry", chash, by_cycle.get((pid, cyc), []), vois.get(pid, []),
-                        admins.get(pid, []), prev.inputs_hash if prev else None)
+        h = stable_hash("dosimetry", chash, ids, prev.inputs_hash if prev else None)
         task = Task("dosimetry", f"dosimetry/{pid}/{int(cyc)}", h,
                     {"patient_id": pid, "cycle": int(cyc), "config": config}, pid, int(cyc),
                     (prev.key,) if prev else ())
@@ -152,9 +143,7 @@ def _plan_dosimetry(lake: Lake, settings: dict, source: Path | None) -> list[Tas
 
 
 def _run_dosimetry(lake: Lake, params: dict) -> None:
-    from theralake.dosimetry.patient import run_cycle
-
-    run_cycle(lake, params["patient_id"], params["cycle"], params["config"])
+    dosimetry_cycle(lake, params["patient_id"], params["cycle"], params["config"])
 
 
 # -- features --------------------------------------------------------------------------------

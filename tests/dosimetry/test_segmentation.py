@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -100,35 +101,45 @@ def test_predict_before_fit_is_an_error():
 
 
 def test_dosimetry_segments_only_the_organs_without_contours(trained, tmp_path):
-    from theralake.dosimetry.auto_vois import SegmentationUnavailable, segment_missing_organs
+    from theralake.dosimetry.auto_vois import SegmentationUnavailable
+    from theralake.dosimetry.cycle_io import Contour, CtImage, CycleInputs, TimePoint
+    from theralake.dosimetry.cycle_vois import assemble_vois
+    from theralake.dosimetry.settings import load_config
     from theralake.lake import Lake
+    from theralake.pipelines.segmenters import load_segmenter_backend
 
-    lake = Lake(tmp_path / "lake")
     ct, truth = _case(7)
     ct_row = {"id": "ct1", "patient_id": "P1", "cycle": 1, "time_h": 4.0, "kind": "ct",
-              "modality": "CT", "units": "HU", "frame_of_reference_key": "F1",
-              **ct.geometry_columns()}
-    lake.append("images", [ct_row])
+              "frame_of_reference_key": "F1"}
     liver = ct.like((truth.array == 1).astype(np.uint8))
-    lake.append("vois", [{"id": "v1", "patient_id": "P1", "voi": "liver", "image_id": "ct1",
-                          "source": "seg", **liver.geometry_columns()}])
+    contour = Contour({"id": "v1", "voi": "liver", "source": "seg", "image_id": "ct1"}, liver)
+    point = TimePoint(4.0, {"id": "s1"}, ct, CtImage(ct_row, ct, {"liver": contour}))
+    inputs = CycleInputs("P1", 1, {"activity_mbq": 7400.0}, [point], [], pd.DataFrame())
     weights = trained.save(tmp_path / "weights")
-    settings = {"backend": "monai", "model": str(weights)}
-    rows = segment_missing_organs(lake, ct_row, list(ORGANS) + ["body"], settings)
-    assert sorted(r["voi"] for r in rows) == ["kidney_left", "kidney_right"]
-    assert {r["source"] for r in rows} == {"ai"}
-    vois = lake.read("vois", "image_id = 'ct1'")
-    assert vois.set_index("voi").loc["liver", "source"] == "seg"  # imported contour kept
-    kidney = Volume.from_row(vois.set_index("voi").loc["kidney_left"].to_dict() | {"id": "x"})
+    settings = load_config(organs=list(ORGANS) + ["body"],
+                           segmentation={"backend": "monai", "model": str(weights)},
+                           lesions={"segment": False})
+    segmenter = load_segmenter_backend(Lake(tmp_path / "lake"), settings)
+    found = assemble_vois(inputs, 0, {}, settings, None, segmenter, "h")
+    assert found.vois["liver"].row["source"] == "seg"  # the imported contour is kept
+    assert sorted(r["voi"] for r in found.new_rows) == ["kidney_left", "kidney_right"]
+    assert {r["source"] for r in found.new_rows} == {"ai"}
+    kidney = found.vois["kidney_left"].mask
     assert dice_per_label((truth.array == 2).astype(np.uint8), kidney.array,
                           ("kidney_left",))["kidney_left"] > 0.5
-    assert segment_missing_organs(lake, ct_row, list(ORGANS), settings) == []  # idempotent
+    # the body has no contour and no segmenter finds it: a warning, not a silent drop
+    assert [f.voi for f in found.findings if f.check == "organ_missing"] == ["body"]
+    # masks of the same segmenter stored before are reused, not segmented again
+    inputs.cached = {"ct1": {f"{segmenter.name}\x1f{r['voi']}": Contour(r, Volume.from_row(r))
+                             for r in found.new_rows}}
+    again = assemble_vois(inputs, 0, {}, settings, None, segmenter, "h")
+    assert again.new_rows == [] and set(again.vois) == set(found.vois)
     with pytest.raises(SegmentationUnavailable, match="train-seg"):
-        segment_missing_organs(Lake(tmp_path / "empty"), ct_row, list(ORGANS),
-                               {"backend": "monai"})
-    # auto without any model and without TotalSegmentator: nothing, cleanly
-    assert segment_missing_organs(Lake(tmp_path / "empty2"), ct_row, list(ORGANS),
-                                  {"backend": "auto"}) == [] or _has_totalsegmentator()
+        load_segmenter_backend(Lake(tmp_path / "empty"), {**settings, "segmentation": {
+            "backend": "monai"}})
+    # auto without any model and without TotalSegmentator: no segmenter, cleanly
+    assert load_segmenter_backend(Lake(tmp_path / "empty2"), {**settings, "segmentation": {
+        "backend": "auto"}}) is None or _has_totalsegmentator()
 
 
 def _has_totalsegmentator() -> bool:
@@ -137,15 +148,10 @@ def _has_totalsegmentator() -> bool:
     return totalsegmentator_available()
 
 
-def test_totalsegmentator_backend_refuses_cleanly_when_not_installed(tmp_path):
-    from theralake.dosimetry.auto_vois import SegmentationUnavailable, segment_missing_organs
-    from theralake.lake import Lake
+def test_totalsegmentator_backend_refuses_cleanly_when_not_installed():
+    from theralake.dosimetry.auto_vois import SegmentationUnavailable, totalsegmentator_segmenter
 
     if _has_totalsegmentator():
         pytest.skip("TotalSegmentator is installed with weights here")
-    ct, _ = _case(3)
-    row = {"id": "ct1", "patient_id": "P1", "cycle": 1, "time_h": 0.0,
-           "frame_of_reference_key": "F", **ct.geometry_columns()}
     with pytest.raises(SegmentationUnavailable, match="TotalSegmentator is not installed"):
-        segment_missing_organs(Lake(tmp_path / "lake"), row, ["liver"],
-                               {"backend": "totalsegmentator"})
+        totalsegmentator_segmenter(["liver"])

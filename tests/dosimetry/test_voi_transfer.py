@@ -102,7 +102,7 @@ def test_a_rerun_carries_nothing_twice(carried):
 def test_thresholded_lesions_keep_their_names_across_cycles():
     from types import SimpleNamespace
 
-    from theralake.dosimetry.patient import _lesion_names
+    from theralake.dosimetry.cycle_vois import lesion_names as _lesion_names
 
     def blob(z, y, x):
         m = np.zeros((20, 20, 40), bool)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dicom_factory import direction_from_angle
@@ -138,7 +139,7 @@ def test_opening_waits_for_a_live_writer(tmp_path):
     import threading
 
     lake = Lake(tmp_path / "L")
-    schema_part = lake.table_dir("run_log") / "part-00000000-schema.parquet"
+    schema_part = next(lake.table_dir("run_log").glob("part-00000000-schema-*.parquet"))
     schema_part.unlink()
     with lake.exclusive("write"):
         live = lake.path / "tables" / "images" / ".tmp-live-write.parquet"
@@ -150,6 +151,23 @@ def test_opening_waits_for_a_live_writer(tmp_path):
         live.unlink()
     opener.join(timeout=30)
     assert not opener.is_alive() and schema_part.exists()
+
+
+def test_a_lake_of_an_older_schema_gets_the_new_columns(tmp_path):
+    """A column added to a table since the lake was made reads as missing values, not as an
+    error: opening adds an empty part of the current schema."""
+    lake = Lake(tmp_path / "L")
+    lake.append("clinical", [{"id": "c1", "patient_id": "P1", "variable": "psa",
+                              "value_num": 1.0}])
+    for part in lake.table_dir("organ_dosimetry").glob("part-*.parquet"):
+        part.unlink()
+    old = pa.schema([f for f in SCHEMAS["organ_dosimetry"] if f.name != "quality"])
+    pq.write_table(pa.Table.from_pylist([{"id": "o1", "patient_id": "P1", "cycle": 1,
+                                          "voi": "liver", "method": "vsv"}], schema=old),
+                   lake.table_dir("organ_dosimetry") / "part-old.parquet")
+    reopened = Lake(tmp_path / "L", create=False)
+    got = reopened.sql("SELECT id, quality FROM organ_dosimetry")
+    assert got.id.tolist() == ["o1"] and got["quality"].isna().all()
 
 
 def test_catalog_views_are_usable_from_duckdb(lake):

@@ -1,0 +1,149 @@
+"""Each VOI's activity at each time point of a cycle, and whether that time point saw it.
+
+With ``tac_vois: own`` the VOIs that a time point's own CT carries (its contours, or the
+segmenter's masks of it) are measured on its own SPECT, free of registration error; the others
+(all of them with ``tac_vois: reference``) on the time point's SPECT registered onto the
+reference, with the reference VOIs. Partial-volume correction (GTM) uses each time point's
+SPECT resolution.
+
+A time point whose SPECT holds less than ``quality.min_fov_coverage`` of a VOI (a limited
+axial field of view, a different grid) does not measure that VOI: its value is left out of the
+VOI's curve, with a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from theralake.dosimetry import registration
+from theralake.dosimetry.auto_vois import Segmenter
+from theralake.dosimetry.cycle_io import CycleInputs, TimePoint
+from theralake.dosimetry.cycle_vois import segment_ct
+from theralake.dosimetry.quality import Finding
+from theralake.dosimetry.voi_activity import voi_activities_mbq
+from theralake.lake import Volume
+
+__all__ = ["Measured", "fov_fraction", "measure_tacs"]
+
+#: at most this many voxels of a VOI are mapped through a transform to find its coverage
+COVERAGE_SAMPLES = 20_000
+
+
+@dataclass
+class Measured:
+    """Activity (MBq) per VOI and time point, the fraction of each VOI each time point's
+    SPECT saw, and the partial-volume correction applied."""
+
+    activity_mbq: dict[str, np.ndarray]
+    coverage: dict[str, np.ndarray]
+    partial_volume: str  # none | gtm
+    findings: list[Finding] = field(default_factory=list)
+    new_rows: list[dict] = field(default_factory=list)  # segmenter masks of the other CTs
+
+
+def _inside(world: np.ndarray, image: Volume) -> np.ndarray:
+    idx = image.world_to_index(world)
+    n = np.array(image.shape_xyz, float)
+    return np.all((idx >= -0.5) & (idx <= n - 0.5), axis=1)
+
+
+def _corners(mask: Volume) -> np.ndarray | None:
+    nz = np.nonzero(mask.array)
+    if not nz[0].size:
+        return None
+    lo = [int(a.min()) for a in nz[::-1]]  # x, y, z
+    hi = [int(a.max()) for a in nz[::-1]]
+    return mask.index_to_world(np.array([[i, j, k] for i in (lo[0], hi[0])
+                                         for j in (lo[1], hi[1]) for k in (lo[2], hi[2])],
+                                        float))
+
+
+def fov_fraction(mask: Volume, image: Volume, transform: object | None = None) -> float:
+    """The fraction of a VOI (a mask on a CT) whose points lie in an image's field of view,
+    after ``transform`` (reference to image space) when given."""
+    corners = _corners(mask)
+    if corners is None:
+        return 0.0
+    move = (lambda p: p) if transform is None else (
+        lambda p: np.array([transform.TransformPoint(tuple(map(float, q))) for q in p]))
+    if _inside(move(corners), image).all():
+        return 1.0
+    nz = np.nonzero(mask.array)
+    ijk = np.column_stack(nz[::-1]).astype(float)
+    if len(ijk) > COVERAGE_SAMPLES:
+        ijk = ijk[:: len(ijk) // COVERAGE_SAMPLES + 1]
+    return float(_inside(move(mask.index_to_world(ijk)), image).mean())
+
+
+def measure_tacs(inputs: CycleInputs, ref_index: int, maps: np.ndarray,
+                 moved: dict[int, registration.RegistrationResult], vois: dict[str, Volume],
+                 settings: dict, segmenter: Segmenter | None, label: str) -> Measured:
+    """Activity per VOI (names of ``vois``, masks on the reference CT) and time point."""
+    points = inputs.time_points
+    names = list(vois)
+    pv, pv_findings = _partial_volume(points, settings)
+    out = Measured({n: np.zeros(len(points)) for n in names},
+                   {n: np.zeros(len(points)) for n in names}, pv["method"], pv_findings)
+    ref = points[ref_index]
+    for i, tp in enumerate(points):
+        own = _own_vois(inputs, tp, names, segmenter, out.new_rows) \
+            if settings["tac_vois"] == "own" and i != ref_index else {}
+        rest = [n for n in names if n not in own]
+        jobs = []  # (activity MBq/voxel, its grid, masks solved together, kept, transform)
+        if own:
+            image = np.clip(tp.spect.array.astype(np.float64), 0, None) \
+                * tp.spect.voxel_volume_ml / 1e6
+            jobs.append((image, tp.spect, own, list(own), tp.spect, None))
+        if rest:  # e.g. lesions thresholded on the reference only
+            reg = moved.get(i)
+            jobs.append((maps[i], ref.spect, vois, rest, tp.spect,
+                         None if reg is None else reg.transform))
+        settings_i = {**pv, "fwhm_mm": pv["fwhm_mm"][i]} if pv["method"] == "gtm" else pv
+        for image, grid, masks, keep, seen_by, transform in jobs:
+            try:
+                activity = voi_activities_mbq(image, grid, masks, settings_i)
+            except ValueError as exc:
+                raise ValueError(f"{label}, time point {tp.time_h:g} h: {exc}") from exc
+            for n in keep:
+                out.activity_mbq[n][i] = activity[n]
+                out.coverage[n][i] = min(fov_fraction(masks[n], grid),
+                                         fov_fraction(masks[n], seen_by, transform)
+                                         if transform is not None or seen_by is not grid
+                                         else 1.0)
+    return out
+
+
+def _partial_volume(points: list[TimePoint], settings: dict) -> tuple[dict, list[Finding]]:
+    """The GTM settings with each time point's resolution, or no correction (and why)."""
+    pv = dict(settings.get("partial_volume") or {})
+    if pv.get("method", "none") != "gtm":
+        return {"method": "none"}, []
+    given = pv.get("fwhm_mm")
+    fwhm = [given or p.spect_row.get("resolution_fwhm_mm") for p in points]
+    if any(f is None or not np.isfinite(f) for f in fwhm):
+        lacking = [f"{p.time_h:g} h" for p, f in zip(points, fwhm, strict=True)
+                   if f is None or not np.isfinite(f)]
+        return {"method": "none"}, [Finding(
+            "no_partial_volume_correction", "warn", "partial_volume gtm asked for, but the "
+            f"SPECT resolution is unknown at {', '.join(lacking)}: no correction applied (set "
+            "partial_volume.fwhm_mm, or the camera's fwhm_mm in the calibration table)")]
+    return {**pv, "method": "gtm", "fwhm_mm": [float(f) for f in fwhm]}, []
+
+
+def _own_vois(inputs: CycleInputs, tp: TimePoint, names: list[str],
+              segmenter: Segmenter | None, new_rows: list[dict]) -> dict[str, Volume]:
+    """The VOIs among ``names`` that a time point's own CT carries (the body included, so
+    that the partial-volume solve has the remainder), or none."""
+    own = {n: c.mask for n, c in tp.ct.contours.items() if n in names}
+    if segmenter is not None:
+        missing = [n for n in names if n not in own and n != "body"
+                   and not n.startswith("lesion_")]
+        for name, (mask, row, new) in segment_ct(inputs, tp.ct, missing, segmenter).items():
+            own[name] = tp.ct.volume.like(mask.astype(np.uint8))
+            if new:
+                new_rows.append(row)
+    if "body" in names and "body" not in own:
+        return {}
+    return own

@@ -1,0 +1,39 @@
+"""One patient-cycle's dosimetry as ``theralake dosimetry`` and ``theralake run`` do it: read
+its inputs, load the segmenter and the AI registration its settings ask for, compute, write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from theralake.dosimetry.cycle import CycleResult, compute_cycle
+from theralake.dosimetry.cycle_io import read_cycle, write_cycle
+from theralake.dosimetry.patient import ai_registrar
+from theralake.dosimetry.settings import load_config, resolve_config
+from theralake.lake import Lake
+from theralake.pipelines.segmenters import load_segmenter_backend
+
+__all__ = ["dosimetry_cycle", "dosimetry_settings"]
+
+
+def dosimetry_settings(lake: Lake, path: str | Path | None = None, **overrides: object) -> dict:
+    """The dosimetry settings (packaged default, a user YAML, overrides) with the AI
+    registration model pinned by its weights' hash.
+
+    Raises:
+        DosimetryError: bad settings, ``ai`` registration without a trained model.
+    """
+    return resolve_config(lake, load_config(path, **overrides))
+
+
+def dosimetry_cycle(lake: Lake, patient_id: str, cycle: int, settings: dict) -> CycleResult:
+    """Compute one patient-cycle and append its rows (idempotent).
+
+    Raises:
+        DosimetryError: the cycle cannot be computed (the message says why).
+        SegmentationUnavailable: an explicitly chosen segmentation backend cannot run.
+    """
+    inputs = read_cycle(lake, patient_id, cycle)
+    segmenter = load_segmenter_backend(lake, settings)
+    result = compute_cycle(inputs, settings, segmenter, ai_registrar(settings))
+    write_cycle(lake, result)
+    return result
