@@ -167,9 +167,10 @@ def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | No
                                             label, result)
     clock = result.lap("voxel TIA and dose maps", clock)
     vois = found.vois
-    measured = measure_tacs(inputs, ref_index, maps, moved, {n: v.mask for n, v in vois.items()},
-                            settings, segmenter, label)
+    measured = measure_tacs(inputs, ref_index, maps, moved, vois, settings, segmenter, register,
+                            chash)
     result.voi_rows.extend(measured.new_rows)
+    result.registration_rows.extend(measured.registration_rows)
     result.findings.extend(measured.findings)
     spect_ids = [p.spect_row["id"] for p in points]
     earlier = _earlier_bed(inputs, settings["method"])

@@ -1,10 +1,11 @@
 """Each VOI's activity at each time point of a cycle, and whether that time point saw it.
 
-With ``tac_vois: own`` the VOIs that a time point's own CT carries (its contours, or the
-segmenter's masks of it) are measured on its own SPECT, free of registration error; the others
-(all of them with ``tac_vois: reference``) on the time point's SPECT registered onto the
-reference, with the reference VOIs. Partial-volume correction (GTM) uses each time point's
-SPECT resolution.
+With ``tac_vois: own`` every VOI is measured on each time point's own SPECT: with the contours
+of that time point's CT, the segmenter's masks of it, or else the reference VOIs carried onto
+it by registering the reference CT onto it (its SPECT is never resampled, which would blur it
+by about a voxel more than the resolution the partial-volume correction assumes). With
+``tac_vois: reference`` the reference VOIs are measured on the SPECTs registered onto the
+reference grid. Partial-volume correction (GTM) uses each time point's SPECT resolution.
 
 A time point whose SPECT holds less than ``quality.min_fov_coverage`` of a VOI (a limited
 axial field of view, a different grid) does not measure that VOI: its value is left out of the
@@ -19,8 +20,14 @@ import numpy as np
 
 from theralake.dosimetry import registration
 from theralake.dosimetry.auto_vois import Segmenter
-from theralake.dosimetry.cycle_io import CycleInputs, TimePoint
-from theralake.dosimetry.cycle_vois import segment_ct
+from theralake.dosimetry.cycle_io import Contour, CtImage, CycleInputs, TimePoint
+from theralake.dosimetry.cycle_vois import (
+    Registrar,
+    Voi,
+    carried_row,
+    registration_pair_row,
+    segment_ct,
+)
 from theralake.dosimetry.quality import Finding
 from theralake.dosimetry.voi_activity import voi_activities_mbq
 from theralake.lake import Volume
@@ -40,7 +47,8 @@ class Measured:
     coverage: dict[str, np.ndarray]
     partial_volume: str  # none | gtm
     findings: list[Finding] = field(default_factory=list)
-    new_rows: list[dict] = field(default_factory=list)  # segmenter masks of the other CTs
+    new_rows: list[dict] = field(default_factory=list)  # VOIs put on the other CTs
+    registration_rows: list[dict] = field(default_factory=list)
 
 
 def _inside(world: np.ndarray, image: Volume) -> np.ndarray:
@@ -78,9 +86,10 @@ def fov_fraction(mask: Volume, image: Volume, transform: object | None = None) -
 
 
 def measure_tacs(inputs: CycleInputs, ref_index: int, maps: np.ndarray,
-                 moved: dict[int, registration.RegistrationResult], vois: dict[str, Volume],
-                 settings: dict, segmenter: Segmenter | None, label: str) -> Measured:
-    """Activity per VOI (names of ``vois``, masks on the reference CT) and time point."""
+                 moved: dict[int, registration.RegistrationResult], vois: dict[str, Voi],
+                 settings: dict, segmenter: Segmenter | None, registrar: Registrar,
+                 params_hash: str) -> Measured:
+    """Activity per VOI (``vois``: on the reference CT) and time point."""
     points = inputs.time_points
     names = list(vois)
     pv, pv_findings = _partial_volume(points, settings)
@@ -88,7 +97,7 @@ def measure_tacs(inputs: CycleInputs, ref_index: int, maps: np.ndarray,
                    {n: np.zeros(len(points)) for n in names}, pv["method"], pv_findings)
     ref = points[ref_index]
     for i, tp in enumerate(points):
-        own = _own_vois(inputs, tp, names, segmenter, out.new_rows) \
+        own = _own_vois(inputs, tp, ref.ct, vois, segmenter, registrar, params_hash, out) \
             if settings["tac_vois"] == "own" and i != ref_index else {}
         rest = [n for n in names if n not in own]
         jobs = []  # (activity MBq/voxel, its grid, masks solved together, kept, transform)
@@ -96,16 +105,16 @@ def measure_tacs(inputs: CycleInputs, ref_index: int, maps: np.ndarray,
             image = np.clip(tp.spect.array.astype(np.float64), 0, None) \
                 * tp.spect.voxel_volume_ml / 1e6
             jobs.append((image, tp.spect, own, list(own), tp.spect, None))
-        if rest:  # e.g. lesions thresholded on the reference only
+        if rest:  # the reference time point, or VOIs that could not be carried
             reg = moved.get(i)
-            jobs.append((maps[i], ref.spect, vois, rest, tp.spect,
-                         None if reg is None else reg.transform))
+            jobs.append((maps[i], ref.spect, {n: v.mask for n, v in vois.items()}, rest,
+                         tp.spect, None if reg is None else reg.transform))
         settings_i = {**pv, "fwhm_mm": pv["fwhm_mm"][i]} if pv["method"] == "gtm" else pv
         for image, grid, masks, keep, seen_by, transform in jobs:
             try:
                 activity = voi_activities_mbq(image, grid, masks, settings_i)
             except ValueError as exc:
-                raise ValueError(f"{label}, time point {tp.time_h:g} h: {exc}") from exc
+                raise ValueError(f"{inputs.label}, time point {tp.time_h:g} h: {exc}") from exc
             for n in keep:
                 out.activity_mbq[n][i] = activity[n]
                 out.coverage[n][i] = min(fov_fraction(masks[n], grid),
@@ -132,18 +141,37 @@ def _partial_volume(points: list[TimePoint], settings: dict) -> tuple[dict, list
     return {**pv, "method": "gtm", "fwhm_mm": [float(f) for f in fwhm]}, []
 
 
-def _own_vois(inputs: CycleInputs, tp: TimePoint, names: list[str],
-              segmenter: Segmenter | None, new_rows: list[dict]) -> dict[str, Volume]:
-    """The VOIs among ``names`` that a time point's own CT carries (the body included, so
-    that the partial-volume solve has the remainder), or none."""
-    own = {n: c.mask for n, c in tp.ct.contours.items() if n in names}
+def _own_vois(inputs: CycleInputs, tp: TimePoint, ref_ct: CtImage, vois: dict[str, Voi],
+              segmenter: Segmenter | None, registrar: Registrar, params_hash: str,
+              out: Measured) -> dict[str, Volume]:
+    """Every VOI on a time point's own CT: its contours, the segmenter's masks of it, and the
+    reference VOIs carried onto it (by registering the reference CT onto it), so that it is
+    measured on its own SPECT, not on a resampled one."""
+    own = {n: c.mask for n, c in tp.ct.contours.items() if n in vois}
     if segmenter is not None:
-        missing = [n for n in names if n not in own and n != "body"
+        missing = [n for n in vois if n not in own and n != "body"
                    and not n.startswith("lesion_")]
         for name, (mask, row, new) in segment_ct(inputs, tp.ct, missing, segmenter).items():
             own[name] = tp.ct.volume.like(mask.astype(np.uint8))
             if new:
-                new_rows.append(row)
-    if "body" in names and "body" not in own:
-        return {}
+                out.new_rows.append(row)
+    missing = [n for n in vois if n not in own]
+    if not missing:
+        return own
+    reg = registrar(tp.ct.volume, ref_ct.volume)
+    out.registration_rows.append(registration_pair_row(inputs, tp.ct, ref_ct, reg,
+                                                       params_hash))
+    for name in missing:
+        voi = vois[name]
+        mask = registration.resample_mask(voi.mask, reg.transform, tp.ct.volume)
+        if not mask.any():
+            continue  # outside this CT: measured on the registered map
+        out.new_rows.append(carried_row(inputs, name, mask, tp.ct, Contour(voi.row, voi.mask),
+                                        ref_ct, params_hash))
+        own[name] = tp.ct.volume.like(mask.astype(np.uint8))
+        if reg.failed:
+            out.findings.append(Finding(
+                "carried_by_failed_registration", "warn", f"measured at {tp.time_h:g} h with "
+                f"its contour carried by a registration that failed its quality check "
+                f"({'; '.join(reg.reasons)})", name))
     return own

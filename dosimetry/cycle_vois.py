@@ -34,7 +34,8 @@ from theralake.lake import Volume
 from theralake.lake.rows import registration_row, voi_row
 from theralake.lake.views import reference_index
 
-__all__ = ["Registrar", "Voi", "VoiSet", "assemble_vois", "choose_reference", "lesion_names"]
+__all__ = ["Registrar", "Voi", "VoiSet", "assemble_vois", "carried_row", "choose_reference",
+           "lesion_names", "registration_pair_row", "segment_ct"]
 
 Registrar = Callable[[Volume, Volume], registration.RegistrationResult]
 CARRIED = "transferred"
@@ -131,7 +132,7 @@ def _unused_names(inputs: CycleInputs, settings: dict, out: VoiSet) -> None:
                                     "among the settings' organs", name))
 
 
-def _carried_row(inputs: CycleInputs, name: str, moved: np.ndarray, target: CtImage,
+def carried_row(inputs: CycleInputs, name: str, moved: np.ndarray, target: CtImage,
                  source: Contour, source_ct: CtImage, params_hash: str) -> dict:
     vol = target.volume.like(moved.astype(np.uint8))
     return voi_row(inputs.patient_id, name, vol, target.row, CARRIED,
@@ -159,7 +160,7 @@ def _from_time_points(inputs: CycleInputs, ref_index: int,
             origin = f"carried from the {tp.time_h:g} h CT"
             _flag_registration(out, reg, name, origin)
             _take(out, name, ref.ct.volume.like(mask.astype(np.uint8)),
-                  _carried_row(inputs, name, mask, ref.ct, contour, tp.ct, params_hash),
+                  carried_row(inputs, name, mask, ref.ct, contour, tp.ct, params_hash),
                   origin, new=True)
         if any(n.startswith("lesion_") for n in names):
             need_lesions = False
@@ -189,7 +190,8 @@ def _from_other_cts(inputs: CycleInputs, ref_ct: CtImage, settings: dict,
         if not names:
             continue
         reg = registrar(ref_ct.volume, source.volume)
-        out.registration_rows.append(_registration(inputs, ref_ct, source, reg, params_hash))
+        out.registration_rows.append(registration_pair_row(inputs, ref_ct, source, reg,
+                                                           params_hash))
         what = "the pre-therapy PET/CT" if source.pet_ct else \
             f"cycle {source.row.get('cycle')}'s {source.row.get('time_h', 0):g} h CT"
         for name in names:
@@ -198,11 +200,11 @@ def _from_other_cts(inputs: CycleInputs, ref_ct: CtImage, settings: dict,
             origin = f"carried from {what}"
             _flag_registration(out, reg, name, origin)
             _take(out, name, ref_ct.volume.like(mask.astype(np.uint8)),
-                  _carried_row(inputs, name, mask, ref_ct, contour, source, params_hash),
+                  carried_row(inputs, name, mask, ref_ct, contour, source, params_hash),
                   origin, new=True)
 
 
-def _registration(inputs: CycleInputs, fixed: CtImage, moving: CtImage,
+def registration_pair_row(inputs: CycleInputs, fixed: CtImage, moving: CtImage,
                   reg: registration.RegistrationResult, params_hash: str) -> dict:
     dice = tuple(organ_dice(_organ_masks(fixed), _organ_masks(moving), t, fixed.volume,
                             moving.volume) for t in (None, reg.transform))
@@ -297,7 +299,7 @@ def _previous_lesions_here(inputs: CycleInputs, ref_ct: CtImage, registrar: Regi
         return {}
     source, lesions = inputs.previous_lesions
     reg = registrar(ref_ct.volume, source.volume)
-    out.registration_rows.append(_registration(inputs, ref_ct, source, reg, params_hash))
+    out.registration_rows.append(registration_pair_row(inputs, ref_ct, source, reg, params_hash))
     return {n: registration.resample_mask(c.mask, reg.transform, ref_ct.volume)
             for n, c in lesions.items()}
 
@@ -314,12 +316,12 @@ def pet_ct_vois(inputs: CycleInputs, ref_ct: CtImage, vois: dict[str, Voi], sett
         if not names:
             continue
         reg = registrar(pet.volume, ref_ct.volume)
-        out.registration_rows.append(_registration(inputs, pet, ref_ct, reg, params_hash))
+        out.registration_rows.append(registration_pair_row(inputs, pet, ref_ct, reg, params_hash))
         for name in names:
             voi = vois[name]
             mask = registration.resample_mask(voi.mask, reg.transform, pet.volume)
             if mask.any():
                 source = Contour(voi.row, voi.mask)
-                out.new_rows.append(_carried_row(inputs, name, mask, pet, source, ref_ct,
+                out.new_rows.append(carried_row(inputs, name, mask, pet, source, ref_ct,
                                                  params_hash))
     return out

@@ -167,6 +167,13 @@ class TacFit:
         if self.model == "trapezoid":
             tt, aa, lam = self.extra["time_h"], self.extra["activity_mbq"], self.params[0]
             inside = np.interp(t, np.r_[0.0, tt], np.r_[0.0, aa])
+            if self.extra.get("segments") == "log-down":  # exponential where it falls
+                k = np.clip(np.searchsorted(tt, t) - 1, 0, len(tt) - 2)
+                a0, a1 = aa[k], aa[k + 1]
+                falling = (a1 < a0) & (a1 > 0) & (t >= tt[0])
+                frac = (t - tt[k]) / (tt[k + 1] - tt[k])
+                expo = a0 * np.power(np.where(falling, a1 / np.where(a0 > 0, a0, 1), 1.0), frac)
+                inside = np.where(falling, expo, inside)
             return np.where(t > tt[-1], aa[-1] * np.exp(-lam * (t - tt[-1])), inside)
         return model_function(self.model)(t, *self.params)
 
@@ -407,7 +414,21 @@ def _fit_param(model: str, t, a, s, lmin, lmax, max_cv, max_abs_corr, p_start=No
     )
 
 
-def _trapezoid(t, a, s, tail: str, decay_constant_per_h: float | None) -> TacFit:
+def _segment_areas(t: np.ndarray, act: np.ndarray, segments: str) -> np.ndarray:
+    """Area of each interval between points: linear, or (``log-down``) exponential where the
+    curve falls (exact for a mono-exponential washout; the linear rule overestimates it)."""
+    lin = 0.5 * (act[1:] + act[:-1]) * np.diff(t)
+    if segments == "linear":
+        return lin
+    a0, a1 = act[:-1], act[1:]
+    down = (a1 < a0) & (a1 > 0)
+    ratio = np.where(down, a0 / np.where(a1 > 0, a1, 1.0), 1.0)
+    log = np.where(down, (a0 - a1) * np.diff(t) / np.log(np.where(down, ratio, 2.0)), lin)
+    return np.where(down, log, lin)
+
+
+def _trapezoid(t, a, s, tail: str, decay_constant_per_h: float | None,
+               segments: str = "linear") -> TacFit:
     def parts(act: np.ndarray) -> tuple[float, float, float, float]:
         lam = None
         if tail == "fit" and t.size >= 2 and act[-1] > 0 and act[-2] > act[-1]:
@@ -422,7 +443,7 @@ def _trapezoid(t, a, s, tail: str, decay_constant_per_h: float | None) -> TacFit
                 )
             lam = decay_constant_per_h
         head = 0.5 * act[0] * t[0]
-        meas = float(np.sum(0.5 * (act[1:] + act[:-1]) * np.diff(t)))
+        meas = float(np.sum(_segment_areas(t, act, segments)))
         return head, meas, act[-1] / lam, lam
 
     head, meas, after, lam = parts(a)
@@ -440,7 +461,7 @@ def _trapezoid(t, a, s, tail: str, decay_constant_per_h: float | None) -> TacFit
         n_points=t.size, wrss=0.0, aicc=None, plausible=True, reasons=reasons,
         tia_mbq_h=tia, tia_sd_mbq_h=tia_sd, tia_before_first_mbq_h=head,
         tia_measured_mbq_h=meas, tia_after_last_mbq_h=after, effective_half_life_h=LN2 / lam,
-        extra={"time_h": t, "activity_mbq": a, "tail": tail},
+        extra={"time_h": t, "activity_mbq": a, "tail": tail, "segments": segments},
     )
 
 
@@ -459,7 +480,8 @@ def _bootstrap(fit: TacFit, t, a, s, n_boot: int, seed: int, lmin, lmax) -> None
             continue
         try:
             if fit.model == "trapezoid":
-                b = _trapezoid(t, y, s, fit.extra["tail"], lmin if lmin > 1e-9 else None)
+                b = _trapezoid(t, y, s, fit.extra["tail"], lmin if lmin > 1e-9 else None,
+                               fit.extra["segments"])
             else:
                 b = _fit_param(fit.model, t, y, s, lmin, lmax, np.inf, 1.0, p_start=fit.params)
         except (RuntimeError, ValueError):
@@ -476,8 +498,8 @@ def _bootstrap(fit: TacFit, t, a, s, n_boot: int, seed: int, lmin, lmax) -> None
 
 def fit_tac(time_h, activity_mbq, model: str = "mono", *, sigma_mbq=None,
             decay_constant_per_h: float | None = None, tail: str = "fit",
-            max_cv: float = 0.5, max_abs_corr: float = 0.99, bootstrap: int = 0,
-            seed: int = 0) -> TacFit:
+            segments: str = "linear", max_cv: float = 0.5, max_abs_corr: float = 0.99,
+            bootstrap: int = 0, seed: int = 0) -> TacFit:
     """Fit one model to a time-activity curve and integrate it.
 
     Args:
@@ -489,6 +511,8 @@ def fit_tac(time_h, activity_mbq, model: str = "mono", *, sigma_mbq=None,
             and the trapezoid's physical tail.
         tail: trapezoid tail, ``fit`` (mono-exponential through the last two points) or
             ``physical``.
+        segments: trapezoid between the points, ``linear``, or ``log-down`` (exponential
+            where the curve falls: linear up, logarithmic down).
         max_cv, max_abs_corr: plausibility thresholds.
         bootstrap: number of parametric bootstrap resamples (0: none).
         seed: bootstrap seed.
@@ -503,10 +527,12 @@ def fit_tac(time_h, activity_mbq, model: str = "mono", *, sigma_mbq=None,
         raise ValueError("decay_constant_per_h must be > 0")
     if tail not in ("fit", "physical"):
         raise ValueError("tail must be 'fit' or 'physical'")
+    if segments not in ("linear", "log-down"):
+        raise ValueError("segments must be 'linear' or 'log-down'")
     lmin = decay_constant_per_h if decay_constant_per_h is not None else 1e-6
     lmax = max(50.0 / max(t[0], 0.05), 100 * lmin)
     if model == "trapezoid":
-        fit = _trapezoid(t, a, s, tail, decay_constant_per_h)
+        fit = _trapezoid(t, a, s, tail, decay_constant_per_h, segments)
     else:
         fit = _fit_param(model, t, a, s, lmin, lmax, max_cv, max_abs_corr)
     if bootstrap:
@@ -564,7 +590,8 @@ def select_tac_model(time_h, activity_mbq, models: tuple[str, ...] = ("mono", "b
 
 def _few_points(t, a, s, kw: dict, decay_constant_per_h: float | None) -> tuple[TacFit, str]:
     """Too few points for AICc: the mono-exponential when the curve falls from its first
-    point (through two points; fitted, and plausible, through three), else the trapezoid."""
+    point (through two points; fitted, and plausible, through three), else the trapezoid,
+    logarithmic where the curve falls."""
     falling = a[1] < a[0] and a[-1] > 0
     if falling:
         try:
@@ -576,8 +603,10 @@ def _few_points(t, a, s, kw: dict, decay_constant_per_h: float | None) -> tuple[
                 return mono, "too few points for AICc; mono-exponential fit (plausible)"
         except RuntimeError:
             pass
-    trapezoid = fit_tac(t, a, "trapezoid", sigma_mbq=s, decay_constant_per_h=decay_constant_per_h)
-    return trapezoid, "fallback: too few points for AICc; trapezoid with tail"
+    trapezoid = fit_tac(t, a, "trapezoid", sigma_mbq=s, decay_constant_per_h=decay_constant_per_h,
+                        segments="log-down")
+    return trapezoid, ("fallback: too few points for AICc; trapezoid (linear up, logarithmic "
+                       "down) with a fitted tail")
 
 
 # --------------------------------------------------------------------------- single time point

@@ -51,7 +51,18 @@ def _float_image(vol: Volume) -> sitk.Image:
     return sitk.Cast(vol.to_sitk(), sitk.sitkFloat32)
 
 
-def _method(stage: dict) -> sitk.ImageRegistrationMethod:
+def _sampling(stage: dict, voxels: int) -> list[float]:
+    """The share of voxels sampled at each level: the preset's, raised so that every level
+    has at least ``min_samples`` points (a coarse CT has few voxels to begin with)."""
+    shares = stage["sampling_percentage"]
+    levels = list(stage["shrink_factors"])
+    shares = list(shares) if isinstance(shares, list | tuple) else [shares] * len(levels)
+    floor = float(stage.get("min_samples", 0))
+    return [min(1.0, max(float(p), floor * f**3 / voxels)) for p, f in zip(shares, levels,
+                                                                          strict=True)]
+
+
+def _method(stage: dict, voxels: int) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
     metric = stage.get("metric", "mattes")
     if metric == "mattes":
@@ -64,11 +75,7 @@ def _method(stage: dict) -> sitk.ImageRegistrationMethod:
         raise ValueError(f"unknown registration metric {metric!r}; mattes, correlation or "
                          "mean_squares")
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    share = stage["sampling_percentage"]
-    if isinstance(share, list | tuple):
-        reg.SetMetricSamplingPercentagePerLevel([float(p) for p in share], seed=7)
-    else:
-        reg.SetMetricSamplingPercentage(float(share), seed=7)
+    reg.SetMetricSamplingPercentagePerLevel(_sampling(stage, voxels), seed=7)
     reg.SetInterpolator(sitk.sitkLinear)
     # image gradients at the sample points only, not filtered over every voxel of both images
     # at every level: that set-up was most of a rigid registration's time
@@ -118,7 +125,7 @@ def register_ct(fixed: Volume, moving: Volume, preset: dict | None = None,
     rigid = preset["rigid"]
     init = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
-    reg = _method(rigid)
+    reg = _method(rigid, int(np.prod(fixed.shape_xyz)))
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=float(rigid["learning_rate"]), minStep=float(rigid["min_step"]),
         numberOfIterations=int(rigid["iterations"]))
@@ -131,7 +138,7 @@ def register_ct(fixed: Volume, moving: Volume, preset: dict | None = None,
         size_mm = np.array(fixed.shape_xyz) * np.array(fixed.spacing_mm)
         mesh = [max(1, int(round(s / float(stage["mesh_spacing_mm"])))) for s in size_mm]
         bspline = sitk.BSplineTransformInitializer(f, mesh)
-        reg = _method(stage)
+        reg = _method(stage, int(np.prod(fixed.shape_xyz)))
         reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5,
                                  numberOfIterations=int(stage["iterations"]))
         reg.SetMovingInitialTransform(transform)

@@ -110,7 +110,8 @@ def integrate(time_h: np.ndarray, activity_mbq: np.ndarray, voi: str, settings: 
     if not (math.isfinite(sd) and sd > 0):
         rel = float(settings["activity_relative_sd"])
         again = kinetics.fit_tac(t, a, fit.model, sigma_mbq=np.maximum(rel * a, 1e-9 * a.max()),
-                                 decay_constant_per_h=decay_constant_per_h)
+                                 decay_constant_per_h=decay_constant_per_h,
+                                 segments=fit.extra.get("segments", "linear"))
         sd = again.tia_sd_mbq_h if math.isfinite(again.tia_sd_mbq_h) else None
     if not fit.plausible:
         findings.append(Finding("fit_implausible", "warn", f"{fit.model} fit of {t.size} time "

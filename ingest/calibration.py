@@ -1,4 +1,5 @@
-"""Camera calibration factors (cps/MBq) for quantitative SPECT."""
+"""Camera calibration for quantitative SPECT: sensitivity (cps/MBq) and, optionally, the
+system resolution (FWHM, mm) that partial-volume correction needs."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ class CalibrationTable:
 
     rows: dict[tuple[str, str | None], float] = field(default_factory=dict)
     default_cps_per_mbq: float | None = None
+    fwhm_mm: dict[tuple[str, str | None], float] = field(default_factory=dict)
 
     @classmethod
     def from_csv(cls, path: Path, default: float | None = None) -> CalibrationTable:
-        """Columns ``camera, cps_per_mbq`` and optionally ``nuclide``."""
+        """Columns ``camera, cps_per_mbq`` and optionally ``nuclide`` and ``fwhm_mm`` (the
+        reconstructed SPECT's resolution)."""
         try:
             df = pd.read_csv(path)
         except Exception as exc:  # noqa: BLE001
@@ -38,18 +41,34 @@ class CalibrationTable:
                 raise IngestError(path, f"row {i + 2}: {exc}") from exc
             if not value > 0:
                 raise IngestError(path, f"row {i + 2}: cps_per_mbq must be positive")
-            table.rows[(str(row["camera"]).strip(), nuclide)] = value
+            key = (str(row["camera"]).strip(), nuclide)
+            table.rows[key] = value
+            fwhm = row.get("fwhm_mm")
+            if fwhm is not None and pd.notna(fwhm):
+                if not float(fwhm) > 0:
+                    raise IngestError(path, f"row {i + 2}: fwhm_mm must be positive")
+                table.fwhm_mm[key] = float(fwhm)
         return table
 
     def merge(self, other: CalibrationTable) -> None:
         self.rows.update(other.rows)
+        self.fwhm_mm.update(other.fwhm_mm)
         self.default_cps_per_mbq = self.default_cps_per_mbq or other.default_cps_per_mbq
 
     def lookup(self, camera_ids: list[str], nuclide: str | None) -> float | None:
         if self.default_cps_per_mbq:
             return self.default_cps_per_mbq
-        for cam in camera_ids:
-            for key in ((cam.strip(), nuclide), (cam.strip(), None)):
-                if key in self.rows:
-                    return self.rows[key]
-        return None
+        return _find(self.rows, camera_ids, nuclide)
+
+    def lookup_fwhm(self, camera_ids: list[str], nuclide: str | None) -> float | None:
+        """The camera's SPECT resolution (FWHM, mm) for the nuclide, if the table has it."""
+        return _find(self.fwhm_mm, camera_ids, nuclide)
+
+
+def _find(table: dict[tuple[str, str | None], float], camera_ids: list[str],
+          nuclide: str | None) -> float | None:
+    for cam in camera_ids:
+        for key in ((cam.strip(), nuclide), (cam.strip(), None)):
+            if key in table:
+                return table[key]
+    return None

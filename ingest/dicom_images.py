@@ -52,6 +52,7 @@ class PendingImage:
     suvbw_per_bqml: float | None = None
     calibration_cps_per_mbq: float | None = None
     acquisition_duration_s: float | None = None
+    resolution_fwhm_mm: float | None = None
     description: str | None = None
     weight_kg: float | None = None
     sex: str | None = None
@@ -206,6 +207,9 @@ def _quantify_spect(image: PendingImage, ds: Dataset, calibration: CalibrationTa
     image.nuclide = admin.nuclide if admin else None
     units = str(ds.get("Units") or "").upper()
     arr = image.volume.array.astype(np.float64)
+    camera_ids = [str(ds.get(k) or "") for k in ("DeviceSerialNumber", "StationName",
+                                                  "ManufacturerModelName")]
+    image.resolution_fwhm_mm = calibration.lookup_fwhm(camera_ids, image.nuclide)
     if units == "BQML":
         image.volume.array = arr.astype(np.float32)
         image.units = "BQML"
@@ -214,8 +218,6 @@ def _quantify_spect(image: PendingImage, ds: Dataset, calibration: CalibrationTa
     if duration is None:
         raise IngestError(label, "SPECT in counts without an acquisition duration "
                                  "(ActualFrameDuration and NumberOfFramesInRotation)")
-    camera_ids = [str(ds.get(k) or "") for k in ("DeviceSerialNumber", "StationName",
-                                                  "ManufacturerModelName")]
     factor = calibration.lookup(camera_ids, image.nuclide)
     if factor is None:
         raise IngestError(label, "SPECT in counts needs a calibration factor (cps/MBq): give "

@@ -25,7 +25,7 @@ SIDECAR_KEYS = {
     "PatientID", "Modality", "Units", "Radionuclide", "Cycle", "InjectedActivityMBq",
     "InjectionDateTime", "AcquisitionDateTime", "PatientWeightKg",
     "CalibrationFactorCpsPerMBq", "Labels", "FrameOf", "AcquisitionDurationS",
-    "Radiopharmaceutical", "SeriesDescription",
+    "Radiopharmaceutical", "SeriesDescription", "ResolutionFwhmMm",
 }
 UNITS = {"CT": {"HU"}, "PT": {"BQML", "SUVbw"}, "NM": {"BQML", "CNTS"}, "SEG": {"LABELS"},
          "RTDOSE": {"GY"}}
@@ -135,6 +135,10 @@ def read_nifti(path: Path) -> PendingImage | PendingLabels:
         raise IngestError(side, f"{modality} sidecar needs Radionuclide and InjectionDateTime")
     if modality in ("PT", "NM") and acquired is None:
         raise IngestError(side, f"{modality} sidecar needs AcquisitionDateTime")
+    if modality == "NM" and meta.get("ResolutionFwhmMm") is not None:
+        if not float(meta["ResolutionFwhmMm"]) > 0:
+            raise IngestError(side, "ResolutionFwhmMm must be positive (mm)")
+        image.resolution_fwhm_mm = float(meta["ResolutionFwhmMm"])
     if modality == "PT":
         if admin.activity_mbq is None:
             raise IngestError(side, "PET sidecar needs InjectedActivityMBq")

@@ -28,10 +28,11 @@ def image_row(im: PendingImage, timeline: PatientTimeline | None, pseudo: Pseudo
         "calibration_cps_per_mbq": im.calibration_cps_per_mbq,
         "acquisition_duration_s": im.acquisition_duration_s, "series_key": series_key,
         "frame_of_reference_key": frame_key, "description": im.description,
-        **im.volume.geometry_columns(),
+        "resolution_fwhm_mm": im.resolution_fwhm_mm, **im.volume.geometry_columns(),
     }
+    resolution = () if im.resolution_fwhm_mm is None else (im.resolution_fwhm_mm,)
     row["id"] = im.volume.content_hash(pid, im.modality, im.units, series_key, cycle, time_h,
-                                       im.suvbw_per_bqml)
+                                       im.suvbw_per_bqml, *resolution)
     return row
 
 

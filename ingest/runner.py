@@ -389,14 +389,17 @@ class _Run:
                                                "belongs to (FrameOf)")
         rows = []
         for value, name in lm.labels.items():
-            mask = np.asarray(lm.volume.array) == value
+            voi = voi_name(name, mapping.voi_names)
+            # a voxel has one label, so a label map's body holds only what no other label
+            # claims: the body VOI is the union of every label (the whole body)
+            mask = np.asarray(lm.volume.array) > 0 if voi == "body" else \
+                np.asarray(lm.volume.array) == value
             if not mask.any():  # declared but absent (e.g. a lesion that disappeared)
                 log.warning("%s: label %d (%s) has no voxels; not ingested", lm.source_label,
                             value, name)
                 continue
-            rows.append(voi_row(lm.raw_patient_id, voi_name(name, mapping.voi_names), name,
-                                mask, grid, "nifti", self.pseudo, ref_row,
-                                lm.frame_of_reference_uid))
+            rows.append(voi_row(lm.raw_patient_id, voi, name, mask, grid, "nifti", self.pseudo,
+                                ref_row, lm.frame_of_reference_uid))
         self.append("vois", _unique_names(rows, lm.source_label))
 
     def write_tables(self) -> None:

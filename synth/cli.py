@@ -32,13 +32,20 @@ def register(app: typer.Typer) -> None:
                                            help="nominal activity per cycle (GBq)"),
         nuclide: str = typer.Option("Lu-177", "--nuclide", help="therapy nuclide"),
         workers: int = typer.Option(1, "--workers", help="patients written in parallel"),
+        contours: str = typer.Option(
+            "all", "--contours", help="where the contours (SEG) are: all | first | later | "
+            "cycle1 | pet | none"),
+        spect_grids: str = typer.Option(
+            "same", "--spect-grids", help="same | varied (finer voxels at the second time "
+            "point, a limited axial field of view at the last)"),
     ) -> None:
         """Generate a synthetic theranostics cohort with known truth (digital twins)."""
         try:
             cfg = SynthConfig(patients=patients, cycles=cycles, seed=seed, small=small,
                               time_points_h=parse_time_points(time_points),
                               missing_prob=missing_prob, activity_gbq=activity_gbq,
-                              nuclide=nuclide, fmt=fmt.lower())
+                              nuclide=nuclide, fmt=fmt.lower(), contours=contours,
+                              spect_grids=spect_grids)
         except SynthConfigError as err:
             raise typer.BadParameter(str(err)) from None
         from theralake.synth.cohort import generate_cohort

@@ -29,7 +29,13 @@ from theralake.synth.dicom_writer import write_session_dicom
 from theralake.synth.imaging import Session, dose_map, render_sessions, tia_map
 from theralake.synth.nifti_writer import write_session_nifti
 from theralake.synth.outcomes import OUTCOME_PARAMS
-from theralake.synth.patient import CAMERAS, PatientTruth, simulate_patient, voi_labels
+from theralake.synth.patient import (
+    CAMERAS,
+    SPECT_FWHM_NOMINAL_MM,
+    PatientTruth,
+    simulate_patient,
+    voi_labels,
+)
 from theralake.synth.tissues import TISSUES
 from theralake.synth.truth import image_row, patient_tables
 
@@ -78,7 +84,8 @@ def write_tables(out: Path, cfg: SynthConfig, clinical: list[dict], outcomes: li
     pd.DataFrame(clinical).to_csv(out / "clinical.csv", index=False)
     pd.DataFrame(outcomes).to_csv(out / "outcomes.csv", index=False)
     pd.DataFrame(admins).to_csv(out / "administrations.csv", index=False)
-    pd.DataFrame([{"camera": c, "nuclide": cfg.nuclide, "cps_per_mbq": v}
+    pd.DataFrame([{"camera": c, "nuclide": cfg.nuclide, "cps_per_mbq": v,
+                   "fwhm_mm": SPECT_FWHM_NOMINAL_MM}
                   for c, v in sorted(CAMERAS.items())]).to_csv(out / "calibration.csv",
                                                                 index=False)
     mapping = {"clinical": {"file": "clinical.csv", "patient_id": "PatientID"},
@@ -95,8 +102,13 @@ def generate_patient(cfg: SynthConfig, index: int, out: Path) -> tuple[PatientTr
     images = []
     pvs = []
     names = _label_names(pt)
-    for s in render_sessions(pt, cfg.seed, cfg.small):
-        _write(cfg, pt, s, out)
+    imaged: dict[int, int] = {}  # SPECT/CTs written so far per cycle
+    for s in render_sessions(pt, cfg.seed, cfg.small, cfg.spect_grids):
+        nth = n_imaged = 0
+        if s.kind == "SPECT":
+            nth = imaged[s.cycle] = imaged.get(s.cycle, 0) + 1
+            n_imaged = sum(tp.imaged for tp in pt.cycles[s.cycle - 1].time_points)
+        _write(cfg, pt, s, out, writes_contours(cfg.contours, s, nth, n_imaged))
         if not s.pv.empty:
             pvs.append(s.pv)
         images.append(image_row(pt.patient_id, s.cycle, s.tag, "labels", "label",
@@ -118,11 +130,20 @@ def generate_patient(cfg: SynthConfig, index: int, out: Path) -> tuple[PatientTr
     return pt, tables
 
 
-def _write(cfg: SynthConfig, pt: PatientTruth, s: Session, out: Path) -> None:
+def writes_contours(where: str, s: Session, nth: int, n_imaged: int) -> bool:
+    """Whether a session gets its contours (SEG), by ``--contours`` (``nth``: the session's
+    1-based place among its cycle's SPECT/CTs, of ``n_imaged``)."""
+    if s.kind == "PET":
+        return where in ("all", "pet")
+    return {"all": True, "first": nth == 1, "later": nth == min(2, n_imaged),
+            "cycle1": s.cycle == 1 and nth == 1}.get(where, False)
+
+
+def _write(cfg: SynthConfig, pt: PatientTruth, s: Session, out: Path, seg: bool) -> None:
     if cfg.fmt == "nifti":
-        write_session_nifti(pt, s, out)
+        write_session_nifti(pt, s, out, seg)
     else:
-        write_session_dicom(pt, s, out, cfg.seed)
+        write_session_dicom(pt, s, out, cfg.seed, seg)
 
 
 def _patient_job(cfg: SynthConfig, index: int, out: Path) -> tuple[str, dict, tuple]:
@@ -172,6 +193,7 @@ def generate_cohort(cfg: SynthConfig, out: Path, progress: bool = True, workers:
         "config": {"patients": cfg.patients, "cycles": cfg.cycles, "seed": cfg.seed,
                    "small": cfg.small, "time_points_h": list(cfg.time_points_h),
                    "missing_prob": cfg.missing_prob, "activity_gbq": cfg.activity_gbq,
-                   "format": cfg.fmt},
+                   "format": cfg.fmt, "contours": cfg.contours,
+                   "spect_grids": cfg.spect_grids},
     }, indent=2, default=str))
     return res

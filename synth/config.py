@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from theralake.synth.constants import THERAPY_NUCLIDES, get_nuclide
 
 DEFAULT_TIME_POINTS_H: tuple[float, ...] = (4.0, 24.0, 48.0, 168.0)
+#: where contours (SEG) can be written (the protocol matrix of the dosimetry tests)
+CONTOURS = ("all", "first", "later", "cycle1", "pet", "none")
 
 
 class SynthConfigError(ValueError):
@@ -28,6 +30,11 @@ class SynthConfig:
         nuclide: therapy nuclide (only Lu-177 is modelled).
         fmt: "dicom" or "nifti".
         cycle_interval_d: nominal days between cycles.
+        contours: where the VOI contours (SEG) are written: ``all`` CTs, the ``first`` or
+            the second (``later``) SPECT/CT of each cycle, the first of cycle 1 only
+            (``cycle1``), the pre-therapy PET/CT only (``pet``), or ``none``.
+        spect_grids: ``same`` grid for every SPECT, or ``varied`` (the second time point
+            finer voxels, the last a limited axial field of view without the head and neck).
     """
 
     patients: int = 1
@@ -40,6 +47,8 @@ class SynthConfig:
     nuclide: str = "Lu-177"
     fmt: str = "dicom"
     cycle_interval_d: float = 42.0
+    contours: str = "all"
+    spect_grids: str = "same"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +87,12 @@ class SynthConfig:
             )
         if self.fmt not in ("dicom", "nifti"):
             raise SynthConfigError(f"--format must be 'dicom' or 'nifti', got {self.fmt!r}")
+        if self.contours not in CONTOURS:
+            raise SynthConfigError(f"--contours must be one of {', '.join(CONTOURS)}, got "
+                                   f"{self.contours!r}")
+        if self.spect_grids not in ("same", "varied"):
+            raise SynthConfigError(f"--spect-grids must be 'same' or 'varied', got "
+                                   f"{self.spect_grids!r}")
 
 
 def parse_time_points(text: str) -> tuple[float, ...]:

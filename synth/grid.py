@@ -71,8 +71,19 @@ def ct_grid(small: bool) -> Grid:
     return centred_grid((230, 88, 128), (4.0, 4.0, 4.0), z0=0.0)
 
 
-def spect_grid(small: bool) -> Grid:
+#: SPECT grid variants of ``--spect-grids varied``: ``fine`` has 0.8x the voxel size over the
+#: same field of view; ``limited`` keeps the lower 61 % of the axial field of view (one
+#: abdominal bed: kidneys, liver, spleen and bladder in, the head and neck out)
+SPECT_VARIANTS = ("standard", "fine", "limited")
+
+
+def spect_grid(small: bool, variant: str = "standard") -> Grid:
     """The SPECT reconstruction grid: 4.42 mm, 128 x 128 (8.84 mm, 64 x 64 if small)."""
-    if small:
-        return centred_grid((104, 64, 64), (8.84, 8.84, 8.84), z0=0.0)
-    return centred_grid((208, 128, 128), (4.42, 4.42, 4.42), z0=0.0)
+    shape, voxel = ((104, 64, 64), 8.84) if small else ((208, 128, 128), 4.42)
+    if variant == "fine":
+        shape, voxel = tuple(int(round(n * 1.25)) for n in shape), voxel * 0.8
+    elif variant == "limited":
+        shape = (int(round(shape[0] * 0.61)), *shape[1:])
+    elif variant != "standard":
+        raise ValueError(f"unknown SPECT grid {variant!r}; one of {SPECT_VARIANTS}")
+    return centred_grid(shape, (voxel, voxel, voxel), z0=0.0)

@@ -216,10 +216,20 @@ def _lesion_hu(pt: PatientTruth, cyc: CycleTruth) -> dict[int, float]:
     return {LESION_BASE + les.index: les.hu for les in cyc.params.lesions}
 
 
-def render_sessions(pt: PatientTruth, seed: int, small: bool) -> Iterator[Session]:
+def spect_variant(spect_grids: str, index: int, n_time_points: int) -> str:
+    """The SPECT grid of a time point (1-based ``index``): with ``varied`` the second time
+    point has finer voxels and the last a limited axial field of view."""
+    if spect_grids == "same":
+        return "standard"
+    if index == n_time_points and n_time_points >= 2:
+        return "limited"
+    return "fine" if index == 2 else "standard"
+
+
+def render_sessions(pt: PatientTruth, seed: int, small: bool, spect_grids: str = "same"
+                    ) -> Iterator[Session]:
     """Yield the PET/CT and every imaged SPECT/CT of a patient."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, pt.index, 7]))
-    sp_grid = spect_grid(small)
     c1 = pt.cycles[0]
     assert c1.anatomy is not None, "render needs a rasterised anatomy"
     grid = c1.anatomy.grid
@@ -235,6 +245,8 @@ def render_sessions(pt: PatientTruth, seed: int, small: bool) -> Iterator[Sessio
                 continue
             labels, weights = warp(cyc.anatomy, tp.pose)
             conc = activity_map(cyc, labels, weights, tp.time_h, grid)
+            sp_grid = spect_grid(small, spect_variant(spect_grids, tp.index,
+                                                      len(cyc.time_points)))
             duration = tp.frame_duration_ms / 1000.0 * N_PROJECTIONS
             expected = spect_expected_counts(conc, grid, sp_grid, pt.spect_fwhm_mm,
                                              pt.cps_per_mbq, duration)

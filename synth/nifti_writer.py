@@ -14,7 +14,7 @@ import numpy as np
 
 from theralake.synth.grid import Grid
 from theralake.synth.imaging import Session
-from theralake.synth.patient import PatientTruth, voi_labels
+from theralake.synth.patient import SPECT_FWHM_NOMINAL_MM, PatientTruth, voi_labels
 
 
 def affine_ras(grid: Grid) -> np.ndarray:
@@ -48,8 +48,8 @@ def label_map(pt: PatientTruth, labels: np.ndarray) -> tuple[np.ndarray, dict[st
     return out, {str(i): n for i, n in enumerate(names, start=1)}
 
 
-def write_session_nifti(pt: PatientTruth, s: Session, root: Path) -> None:
-    """CT, PT or NM, and the true VOI label map of one session."""
+def write_session_nifti(pt: PatientTruth, s: Session, root: Path, seg: bool = True) -> None:
+    """CT, PT or NM, and (with ``seg``) the true VOI label map of one session."""
     folder = root / pt.patient_id
     folder.mkdir(parents=True, exist_ok=True)
     tag = s.tag
@@ -76,7 +76,10 @@ def write_session_nifti(pt: PatientTruth, s: Session, root: Path) -> None:
         _save(s.image, s.image_grid, folder / f"{tag}_NM.nii.gz",
               {**common, "Modality": "NM", "Units": "CNTS", **nuc, "FrameOf": ct_name,
                "CalibrationFactorCpsPerMBq": pt.cps_per_mbq,
-               "AcquisitionDurationS": s.duration_s})
+               "AcquisitionDurationS": s.duration_s,
+               "ResolutionFwhmMm": SPECT_FWHM_NOMINAL_MM})
+    if not seg:
+        return
     lab, names = label_map(pt, s.labels)
     _save(lab, s.ct_grid, folder / f"{tag}_SEG.nii.gz",
           {**common, "Modality": "SEG", "Units": "LABELS", **nuc, "Labels": names,

@@ -46,6 +46,9 @@ from theralake.synth.tissues import (
 )
 
 CAMERAS = {"SYNCAM01": 9.6, "SYNCAM02": 11.3}  # DeviceSerialNumber -> cps/MBq (Lu-177 208 keV)
+#: the cameras' nominal reconstructed SPECT resolution (FWHM, mm) given in calibration.csv;
+#: each patient's actual resolution scatters around it (sd 0.4 mm)
+SPECT_FWHM_NOMINAL_MM = 11.0
 N_PROJECTIONS = 120
 FIRST_DAY = dt.datetime(2024, 1, 8, 8, 30)
 
@@ -198,7 +201,7 @@ def simulate_patient(cfg: SynthConfig, index: int, *, raster: bool = True) -> Pa
     camera = str(r_img.choice(sorted(CAMERAS)))
     pt = PatientTruth(
         index, patient_id(index), f"Synthetic^P{index + 1:04d}", clin, lesion_info, pet, [],
-        camera, CAMERAS[camera], float(r_img.normal(11.0, 0.4)),
+        camera, CAMERAS[camera], float(r_img.normal(SPECT_FWHM_NOMINAL_MM, 0.4)),
     )
     grid = ct_grid(cfg.small)
     reduced = r_kin.random() < (0.5 if (clin.egfr_ml_min < 50 or clin.hb_g_dl < 10) else 0.05)
