@@ -17,8 +17,14 @@ image (``image_kind``)    feature classes                                       
 ``bed``                   the same on the VOI's BED map                          Gy
 ========================  =====================================================  ==========
 
-The BED map of a VOI is ``BED = D + k D²`` with ``k = (BED_VOI - D_VOI) / D_VOI²`` from its
-``organ_dosimetry`` row (the Lea-Catcheside term depends on the kinetics, not on the dose).
+The BED map of a VOI is ``BED = D + k D²`` with ``k = G / (α/β)``: the Lea-Catcheside factor
+and α/β its ``organ_dosimetry`` row stores (the quadratic term depends on the kinetics, not on
+the dose). The DVH metrics are those of the dose map (no partial-volume correction; the
+``dvhs`` rows say so in ``basis``), with the VOIs the cycle's dosimetry used.
+
+``read_features(lake, patient) -> FeatureInputs`` (:mod:`theralake.features.inputs`), the
+pure ``compute_features(inputs, feature_set) -> PatientFeatures`` and ``write_features(lake,
+result)``.
 
 Across cycles every value also yields ``delta:<class>`` (minus the previous cycle's) and
 ``reldelta:<class>`` (relative to it) rows, and ``delta_baseline:<class>`` (minus the first
@@ -37,14 +43,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from rich.progress import Progress
 
 from theralake.dosimetry.nuclides import get_nuclide
 from theralake.dosimetry.voi_activity import mask_on
 from theralake.features import dvh, uptake
+from theralake.features.inputs import FeatureInputs, read_features
 from theralake.features.radiomics import ENGINE, FeatureSet, extract_radiomics, load_feature_set
 from theralake.lake import Lake, Volume, stable_hash
+from theralake.lake.rows import dvh_row, feature_error_row, feature_row
+from theralake.lake.views import current
 
-__all__ = ["PatientFeatures", "patient_features", "run_features", "wide"]
+__all__ = ["PatientFeatures", "compute_features", "patient_features", "read_features",
+           "run_features", "wide", "write_features"]
 
 log = logging.getLogger(__name__)
 
@@ -61,35 +72,22 @@ class PatientFeatures:
     def add_dvh(self, image: dict, voi: str, quantity: str, dose_gy: np.ndarray,
                 mask: np.ndarray, voxel_ml: float) -> None:
         curve = dvh.cumulative_dvh(dose_gy, mask, voxel_ml)
-        self.dvhs.append({
-            "id": stable_hash("dvh", self.patient_id, image["id"], voi, quantity),
-            "patient_id": self.patient_id, "cycle": image["cycle"], "voi": voi,
-            "quantity": quantity, "image_id": image["id"], "volume_ml": curve.volume_ml,
-            "dose_gy": curve.dose_gy.tolist(), "volume_fraction": curve.volume_fraction.tolist(),
-            "input_ids": [image["id"]], "params_hash": "dvh"})
+        basis = f"{image.get('method')} {quantity} map, voxel values (no partial-volume " \
+            "correction)"
+        self.dvhs.append(dvh_row(self.patient_id, image, voi, quantity, curve.volume_ml,
+                                 curve.dose_gy, curve.volume_fraction, basis))
 
     def add(self, image: dict, voi: str, kind: str, cls: str, values: dict[str, float],
             settings_hash: str, engine: str = "theralake") -> None:
         for name, value in values.items():
-            if value is None or not math.isfinite(value):
-                continue
-            self.rows.append({
-                "id": stable_hash("feature", self.patient_id, image["cycle"], voi, kind,
-                                  image["id"], cls, name, settings_hash),
-                "patient_id": self.patient_id, "cycle": image["cycle"], "voi": voi,
-                "image_kind": kind, "feature_class": cls, "feature": name,
-                "value": float(value), "engine": engine, "settings_hash": settings_hash,
-                "image_id": image["id"], "time_h": image.get("time_h"),
-                "input_ids": [image["id"]], "params_hash": settings_hash})
+            if value is not None and math.isfinite(value):
+                self.rows.append(feature_row(self.patient_id, image, voi, kind, cls, name,
+                                             value, settings_hash, engine))
 
     def skip(self, image: dict, voi: str, kind: str, cls: str, reason: str,
              settings_hash: str) -> None:
-        self.errors.append({
-            "id": stable_hash("feature_error", self.patient_id, image["id"], voi, kind, cls,
-                              settings_hash),
-            "patient_id": self.patient_id, "cycle": image["cycle"], "voi": voi,
-            "image_kind": kind, "feature_class": cls, "image_id": image["id"],
-            "reason": reason, "input_ids": [image["id"]], "params_hash": settings_hash})
+        self.errors.append(feature_error_row(self.patient_id, image, voi, kind, cls, reason,
+                                             settings_hash))
 
     def attempt(self, image: dict, voi: str, kind: str, cls: str, settings_hash: str,
                 compute: Callable[..., dict[str, float]], *args: object
@@ -104,97 +102,44 @@ class PatientFeatures:
         return values
 
 
-def _images(lake: Lake, patient_id: str) -> list[tuple[str, dict]]:
-    """(kind, row) of the images features are computed on, per cycle."""
-    imgs = lake.read("images", "patient_id = ? AND kind IN ('ct', 'pet', 'spect')",
-                     [patient_id]).sort_values(["cycle", "time_h", "id"])
-    out: list[tuple[str, dict]] = []
-    spect = imgs[(imgs.kind == "spect") & (imgs.units == "BQML")]
-    for _, s in spect.iterrows():
-        out.append(("spect", s.to_dict()))
-    for cycle, group in spect.groupby("cycle"):  # the reference CT: the first SPECT's
-        first = group.iloc[0]
-        cts = imgs[(imgs.kind == "ct") & (imgs.cycle == cycle)
-                   & (imgs.frame_of_reference_key == first.frame_of_reference_key)]
-        if not cts.empty:
-            out.append(("ct", cts.iloc[0].to_dict()))
-    for _, p in imgs[imgs.kind == "pet"].iterrows():
-        out.append(("pet", p.to_dict()))
-    maps = lake.read("dose_maps", "patient_id = ? AND quantity = 'dose'", [patient_id])
-    for _, d in maps.sort_values("created_utc").groupby("cycle").tail(1).iterrows():
-        out.append(("dose", {**d.to_dict(), "time_h": None}))
-    return out
-
-
-def _vois_by_frame(lake: Lake, patient_id: str) -> dict[str, dict[str, Volume]]:
-    """Per frame of reference, one mask per VOI name (body excluded)."""
-    rows = lake.read("vois", "patient_id = ? AND voi <> 'body'", [patient_id])
-    out: dict[str, dict[str, Volume]] = {}
-    for _, r in rows.sort_values(["time_h", "id"]).iterrows():
-        out.setdefault(r.frame_of_reference_key, {}).setdefault(
-            r.voi, Volume.from_row(r.to_dict()))
-    return out
-
-
-def _bed_factor(lake: Lake, patient_id: str) -> dict[tuple[int, str], float]:
-    od = lake.read("organ_dosimetry", "patient_id = ?", [patient_id])
-    out = {}
-    for _, r in od.sort_values("created_utc").iterrows():
-        if r.absorbed_dose_gy and r.absorbed_dose_gy > 0 and pd.notna(r.bed_gy):
-            out[(int(r.cycle), r.voi)] = (r.bed_gy - r.absorbed_dose_gy) / r.absorbed_dose_gy ** 2
-    return out
-
-
-def _administered_now(lake: Lake, patient_id: str, image: dict) -> float | None:
-    admin = lake.read("administrations", "patient_id = ? AND cycle = ? AND purpose = 'therapy'",
-                      [patient_id, image["cycle"]])
-    if admin.empty or image.get("time_h") is None:
+def _administered_now(inputs: FeatureInputs, image: dict) -> float | None:
+    therapy = inputs.therapy.get(image.get("cycle"))
+    if therapy is None or image.get("time_h") is None:
         return None
-    a = admin.iloc[0]
-    return float(a.activity_mbq) * math.exp(
-        -get_nuclide(a.nuclide).decay_constant_per_h * float(image["time_h"]))
+    activity_mbq, nuclide = therapy
+    return activity_mbq * math.exp(-get_nuclide(nuclide).decay_constant_per_h
+                                   * float(image["time_h"]))
 
 
-def _weight_kg(lake: Lake, patient_id: str) -> float | None:
-    rows = lake.read("clinical", "patient_id = ? AND variable = 'weight_kg'", [patient_id])
-    return float(rows.iloc[0].value_num) if not rows.empty and pd.notna(rows.iloc[0].value_num) \
-        else None
-
-
-def patient_features(lake: Lake, patient_id: str, feature_set: FeatureSet | str = "default"
+def compute_features(inputs: FeatureInputs, feature_set: FeatureSet | str = "default"
                      ) -> PatientFeatures:
-    """All features of one patient (rows not yet written)."""
+    """All features of one patient (touches no lake)."""
     fs = load_feature_set(feature_set) if isinstance(feature_set, str) else feature_set
-    out = PatientFeatures(patient_id)
-    frames = _vois_by_frame(lake, patient_id)
-    bed_k = _bed_factor(lake, patient_id)
-    weight = _weight_kg(lake, patient_id)
-    first_spect = {}
-    for kind, image in _images(lake, patient_id):
+    out = PatientFeatures(inputs.patient_id)
+    first_spect: dict[int, str] = {}
+    for item in inputs.images:
+        kind, image = item.kind, item.row
         vol = Volume.from_row(image)
         if kind == "pet":  # PET features are in SUVbw
             vol = vol.like(vol.array * float(image.get("suvbw_per_bqml") or np.nan))
-        vois = frames.get(image.get("frame_of_reference_key"), {})
-        if kind == "spect":
-            first = first_spect.setdefault(image["cycle"], image["id"]) == image["id"]
-            admin_now = _administered_now(lake, patient_id, image)
+        first = kind == "spect" and first_spect.setdefault(image["cycle"], image["id"]) \
+            == image["id"]
+        admin_now = _administered_now(inputs, image) if kind == "spect" else None
         lesions: list[dict[str, float]] = []
-        for name, mask_vol in sorted(vois.items()):
+        for name, mask_vol in sorted(item.vois.items()):
             mask = mask_on(mask_vol, vol)
-            radiomics_kinds = {"ct", "pet", "dose"} | ({"spect"} if kind == "spect" and first
-                                                       else set())
-            if kind in radiomics_kinds:
+            if kind in ("ct", "pet", "dose") or first:
                 _radiomics(out, image, name, kind, vol, mask, fs)
             found = None
             if kind == "pet":
                 found = out.attempt(image, name, kind, "uptake", "uptake", uptake.pet_metrics,
-                                    vol.array, mask, vol.spacing_mm, weight)
+                                    vol.array, mask, vol.spacing_mm, inputs.weight_kg)
             if kind == "spect":
                 found = out.attempt(image, name, kind, "uptake", "uptake",
                                     uptake.spect_metrics, vol.array, mask, vol.spacing_mm,
                                     admin_now)
             if kind == "dose":
-                _dose_features(out, image, vol, name, mask, bed_k, fs)
+                _dose_features(out, image, vol, name, mask, inputs.bed_k_per_gy, fs)
             if found and name.startswith("lesion_"):
                 lesions.append(found)
         if kind in ("pet", "spect") and lesions:
@@ -202,6 +147,12 @@ def patient_features(lake: Lake, patient_id: str, feature_set: FeatureSet | str 
             out.add(image, "tumor_total", kind, "burden", uptake.burden(lesions, *key), "uptake")
     out.rows.extend(_deltas(out.rows))
     return out
+
+
+def patient_features(lake: Lake, patient_id: str, feature_set: FeatureSet | str = "default"
+                     ) -> PatientFeatures:
+    """All features of one patient (rows not yet written)."""
+    return compute_features(read_features(lake, patient_id), feature_set)
 
 
 def _dose_features(out: PatientFeatures, image: dict, vol: Volume, name: str, mask: np.ndarray,
@@ -212,7 +163,8 @@ def _dose_features(out: PatientFeatures, image: dict, vol: Volume, name: str, ma
         out.add_dvh(image, name, "dose", vol.array, mask, voxel_ml)
     k = bed_k.get((int(image["cycle"]), name))
     if k is None:
-        out.skip(image, name, "bed", "dvh", "no BED for this VOI in organ_dosimetry", "dvh")
+        out.skip(image, name, "bed", "dvh", "no BED kinetics for this VOI in organ_dosimetry "
+                 "(no LQ parameters, or a dosimetry run of an older theralake)", "dvh")
         return
     bed = vol.like(vol.array + k * vol.array.astype(np.float64) ** 2)
     if out.attempt(image, name, "bed", "dvh", "dvh", dvh.dvh_metrics, bed.array, mask,
@@ -284,28 +236,30 @@ def run_features(lake: Lake, patient_ids: Iterable[str] | None = None, set_name:
         lake.sql("SELECT DISTINCT patient_id FROM images").patient_id)
     counts = {"patients": 0, "features": 0, "errors": 0}
     tasks = [(str(lake.path), pid, set_name) for pid in ids]
-    from rich.progress import Progress
-
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("features", total=len(tasks))
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
                 results = pool.map(_one, tasks)
                 for res in results:
-                    _write(lake, res, counts)
+                    write_features(lake, res, counts)
                     bar.advance(task)
         else:
             for t in tasks:
-                _write(lake, _one(t), counts)
+                write_features(lake, _one(t), counts)
                 bar.advance(task)
     return counts
 
 
-def _write(lake: Lake, res: PatientFeatures, counts: dict[str, int]) -> None:
+def write_features(lake: Lake, res: PatientFeatures, counts: dict[str, int] | None = None
+                   ) -> dict[str, int]:
+    """Append one patient's feature rows, skip records and DVHs (idempotent)."""
+    counts = counts if counts is not None else {"patients": 0, "features": 0, "errors": 0}
     counts["features"] += lake.append("features", res.rows)
     counts["errors"] += lake.append("feature_errors", res.errors)
     lake.append("dvhs", res.dvhs)
     counts["patients"] += 1
+    return counts
 
 
 def wide(lake: Lake, where: str | None = None, params: list | None = None) -> pd.DataFrame:
@@ -314,9 +268,10 @@ def wide(lake: Lake, where: str | None = None, params: list | None = None) -> pd
     df = lake.read("features", where, params)
     if df.empty:
         return pd.DataFrame()
-    df = df.sort_values("created_utc")
+    df = current(df, ["patient_id", "cycle", "image_kind", "voi", "feature_class", "feature",
+                      "time_h"])
     first_time = df.groupby(["patient_id", "cycle", "image_kind"]).time_h.transform("min")
     df = df[df.time_h.isna() | (df.time_h == first_time)]
     df["column"] = df.image_kind + "/" + df.voi + "/" + df.feature_class + "/" + df.feature
     return df.pivot_table(index=["patient_id", "cycle"], columns="column", values="value",
-                          aggfunc="last")
+                          aggfunc="first")

@@ -27,8 +27,9 @@ from theralake.lake.store import Lake, stable_hash
 __all__ = [
     "IMPORTED_VOI_SOURCES", "SOURCE_RANK", "CycleRows", "current", "current_run",
     "cycle_rows", "cycle_input_ids", "dose_map", "dosimetry", "dosimetry_vois", "earlier_bed",
+    "frame_ct", "newest_first", "pre_therapy_pet",
     "pair_time_points", "preferred_dosimetry", "quality", "reference_ct", "reference_index",
-    "spect_cycles", "therapy_administration", "vois_on_image",
+    "spect_cycles", "therapy_administration", "therapy_administrations", "vois_on_image",
 ]
 
 #: ``vois.source`` of the VOIs that come from the user's data (not computed by theralake)
@@ -103,14 +104,31 @@ def quality(lake: Lake, patient_id: str | None = None, cycle: int | None = None,
         ["patient_id", "cycle", "voi", "check"], na_position="first").reset_index(drop=True)
 
 
+def newest_first(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows from the newest to the oldest (a history, as shown in reports)."""
+    if df.empty:
+        return df
+    return df.sort_values(["created_utc", "id"], ascending=False).reset_index(drop=True)
+
+
 # ----------------------------------------------------------------------------- administrations
+def therapy_administrations(lake: Lake, cycle: int | None = None,
+                            patient_id: str | None = None) -> pd.DataFrame:
+    """One therapy administration per patient and cycle (the earliest of a cycle)."""
+    where, params = _where(patient_id=patient_id, cycle=cycle)
+    where, params = _and(where, params, "purpose = 'therapy'", None)
+    df = lake.read("administrations", where, params)
+    if df.empty:
+        return df
+    df = current(df, ["patient_id", "cycle", "administration_h"])
+    return df.sort_values("administration_h").groupby(["patient_id", "cycle"]).head(1) \
+        .sort_values(["patient_id", "cycle"]).reset_index(drop=True)
+
+
 def therapy_administration(lake: Lake, patient_id: str, cycle: int) -> dict | None:
     """The therapy administration of a cycle (the earliest if there are several)."""
-    df = lake.read("administrations", "patient_id = ? AND cycle = ? AND purpose = 'therapy'",
-                   [patient_id, cycle])
-    if df.empty:
-        return None
-    return current(df, ["administration_h"]).sort_values("administration_h").iloc[0].to_dict()
+    df = therapy_administrations(lake, cycle, patient_id)
+    return None if df.empty else df.iloc[0].to_dict()
 
 
 # ----------------------------------------------------------------------------- images
@@ -165,6 +183,24 @@ def reference_ct(lake: Lake, patient_id: str, cycle: int, methods: Sequence[str]
     imported = vois[vois.source.isin(IMPORTED_VOI_SOURCES)]
     counts = [int(imported[imported.image_id == c["id"]].voi.nunique()) for _, c in pairs]
     return pairs[reference_index(counts)][1]
+
+
+def frame_ct(lake: Lake, patient_id: str, frame_of_reference_key: str) -> dict | None:
+    """The CT of a frame of reference (the current one)."""
+    df = lake.read("images", "patient_id = ? AND kind = 'ct' AND frame_of_reference_key = ?",
+                   [patient_id, frame_of_reference_key])
+    return None if df.empty else current(df, ["patient_id"]).iloc[0].to_dict()
+
+
+def pre_therapy_pet(lake: Lake, patient_id: str) -> dict | None:
+    """The latest PET before the first therapy that has an SUVbw factor."""
+    df = lake.read("images", "patient_id = ? AND kind = 'pet' AND suvbw_per_bqml IS NOT NULL "
+                   "AND (cycle IS NULL OR cycle <= 1)", [patient_id])
+    if df.empty:
+        return None
+    df = df.assign(_at=df.acquisition_h.fillna(-float("inf")))
+    return current(df, ["_at"]).sort_values(["_at", "created_utc", "id"]).iloc[-1] \
+        .drop("_at").to_dict()
 
 
 def dose_map(lake: Lake, patient_id: str, cycle: int, quantity: str = "dose",

@@ -165,8 +165,14 @@ def register(app: typer.Typer) -> None:
     def recommend_command(patient: Annotated[str, typer.Option(help="lake patient_id")],
                           cycle: Annotated[int, typer.Option(help="the cycle to plan")],
                           as_json: Annotated[bool, typer.Option("--json")] = False,
+                          force: Annotated[bool, typer.Option(
+                              "--force", help="recommend even when the dosimetry of an organ "
+                              "at risk failed its quality checks")] = False,
                           config: ConfigOption = None, lake: LakeOption = None) -> None:
-        """Recommend the activity of the next cycle under the organ limits (champion models)."""
+        """Recommend the activity of the next cycle under the organ limits (champion models).
+
+        Refused when the last measured cycle's dosimetry failed for an organ at risk (see
+        the lake's quality table), unless --force."""
         from theralake.modeling.dataset import load_modeling_config
         from theralake.modeling.recommend import RecommendationError, recommend
         from theralake.registry.tracking import ModelNotFoundError
@@ -174,7 +180,7 @@ def register(app: typer.Typer) -> None:
         warnings.filterwarnings("ignore", category=UserWarning)
         try:
             rec = recommend(Lake(lake, create=False), patient, cycle,
-                            load_modeling_config(config))
+                            load_modeling_config(config), force=force)
         except (RecommendationError, ModelNotFoundError, LakeError) as exc:
             _fail(exc)
         if as_json:

@@ -22,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from sksurv.util import Surv
 
+from theralake.features.job import wide
 from theralake.lake import Lake
+from theralake.lake.views import current, preferred_dosimetry, therapy_administrations
 from theralake.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,7 @@ class _Only:
 
 
 def _clinical(lake: Lake, only: _Only) -> pd.DataFrame:
-    df = lake.read("clinical", *only.where()).sort_values("created_utc")
+    df = current(lake.read("clinical", *only.where()), ["patient_id", "variable"])
     if df.empty:
         return pd.DataFrame()
     num = df[df.value_num.notna()].pivot_table(index="patient_id", columns="variable",
@@ -156,25 +159,15 @@ def _dosimetry(lake: Lake, methods: list[str], cycle: int, only: _Only) -> pd.Da
     return pd.concat([wide, total], axis=1)
 
 
-def preferred_dosimetry(df: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
-    """``organ_dosimetry`` rows of one method per patient (the first of ``methods`` it has,
-    else any), the newest row per cycle and VOI."""
-    rank = df.method.map({m: i for i, m in enumerate(methods)}).fillna(len(methods))
-    df = df[rank == rank.groupby(df.patient_id).transform("min")].sort_values("created_utc")
-    return df.groupby(["patient_id", "cycle", "voi"]).last().reset_index()
-
-
 def _administration(lake: Lake, cycle: int, only: _Only) -> pd.DataFrame:
-    df = lake.read("administrations", *only.where("purpose = 'therapy' AND cycle = ?", [cycle]))
+    df = therapy_administrations(lake, cycle, only.patient_id)
     if df.empty:
         return pd.DataFrame()
-    return df.groupby("patient_id").activity_mbq.last().rename(
+    return df.set_index("patient_id").activity_mbq.rename(
         "administration/activity_mbq").to_frame()
 
 
 def _features(lake: Lake, cycle: int, only: _Only) -> pd.DataFrame:
-    from theralake.features.job import wide
-
     df = wide(lake, *only.where("cycle = ? AND feature_class NOT LIKE '%:%'", [cycle]))
     if df.empty:
         return df
@@ -190,8 +183,6 @@ def resolve_feature_set(spec: str, config: dict) -> list[str]:
     """
     path = Path(spec)
     if spec.endswith((".yaml", ".yml")) and path.is_file():
-        import yaml
-
         doc = yaml.safe_load(path.read_text()) or {}
         return list(doc.get("include", [])) + [f"!{p}" for p in doc.get("exclude", [])]
     sets = config["feature_sets"]
@@ -264,8 +255,8 @@ def _target(lake: Lake, task: str, spec: dict, frame: pd.DataFrame
         y = frame[have].dropna(how="all")
         y.columns = [c.split("/")[1] for c in have]
         return y, y.index
-    out = lake.read("outcomes", "endpoint = ?", [spec["endpoint"]]).sort_values("created_utc")
-    out = out.groupby("patient_id").last()
+    out = current(lake.read("outcomes", "endpoint = ?", [spec["endpoint"]]), ["patient_id"])
+    out = out.set_index("patient_id")
     out = out[out.index.isin(frame.index)]
     if kind == "survival":
         out = out[out.time_d.notna() & out.event.notna()]

@@ -39,7 +39,7 @@ from theralake import __version__
 from theralake.dosimetry.registration import RegistrationResult, register_ct
 from theralake.dosimetry.segmentation import pad_to, random_patch
 from theralake.dosimetry.voi_activity import mask_on, to_grid
-from theralake.lake import Lake, Volume
+from theralake.lake import Lake, Volume, views
 
 log = logging.getLogger(__name__)
 
@@ -119,36 +119,32 @@ def voxel_samples(lake: Lake, patient_ids: Iterable[str] | None = None,
     return out
 
 
-def _newest(df: pd.DataFrame, what: str, label: str) -> pd.Series:
-    if df.empty:
+def _found(row: dict | None, what: str, label: str) -> pd.Series:
+    if row is None:
         raise VoxelDataError(f"{label}: no {what}")
-    return df.sort_values("created_utc").iloc[-1]
+    return pd.Series(row)
 
 
 def _sample(lake: Lake, pid: str, method: str) -> VoxelSample:
     label = f"patient {pid}"
-    dose_row = _newest(lake.read("dose_maps", "patient_id = ? AND cycle = 1 AND quantity = 'dose' "
-                                 "AND method = ?", [pid, method]),
-                       f"cycle-1 dose map ({method})", label)
-    pets = lake.read("images", "patient_id = ? AND kind = 'pet' AND suvbw_per_bqml IS NOT NULL "
-                     "AND (cycle IS NULL OR cycle <= 1)", [pid])
-    if pets.empty:
-        raise VoxelDataError(f"{label}: no pre-therapy PET with an SUVbw factor")
-    pet_row = pets.sort_values(["acquisition_h", "created_utc"], na_position="first").iloc[-1]
-    admin = _newest(lake.read("administrations", "patient_id = ? AND cycle = 1 AND purpose = "
-                              "'therapy'", [pid]), "cycle-1 therapy administration", label)
-    cts = lake.read("images", "patient_id = ? AND kind = 'ct'", [pid])
-    ref_ct = _newest(cts[cts.frame_of_reference_key == dose_row.frame_of_reference_key],
-                     "CT in the dose map's frame of reference", label)
-    pet_ct_row = _newest(cts[cts.frame_of_reference_key == pet_row.frame_of_reference_key],
-                         "CT in the PET's frame of reference", label)
+    found = views.dose_map(lake, pid, 1, "dose", (method,))
+    dose_row = _found(found if found and found["method"] == method else None,
+                      f"cycle-1 dose map ({method})", label)
+    pet_row = _found(views.pre_therapy_pet(lake, pid), "pre-therapy PET with an SUVbw factor",
+                     label)
+    admin = _found(views.therapy_administration(lake, pid, 1), "cycle-1 therapy administration",
+                   label)
+    ref_ct = _found(views.reference_ct(lake, pid, 1, (method,)),
+                    "CT in the dose map's frame of reference", label)
+    pet_ct_row = _found(views.frame_ct(lake, pid, pet_row.frame_of_reference_key),
+                        "CT in the PET's frame of reference", label)
     activity_gbq = float(admin.activity_mbq) / 1000.0
     if not activity_gbq > 0:
         raise VoxelDataError(f"{label}: cycle-1 therapy activity is {admin.activity_mbq} MBq")
     dose = Volume.from_row(dose_row.to_dict())
     ct = Volume.from_row(ref_ct.to_dict())
-    vois = lake.read("vois", "image_id = ?", [ref_ct.id]).drop_duplicates("voi", keep="last")
-    full = {r.voi: mask_on(Volume.from_row(r.to_dict()), dose) for _, r in vois.iterrows()}
+    vois = views.dosimetry_vois(lake, pid, 1, (method,))
+    full = {r["voi"]: mask_on(Volume.from_row(r), dose) for r in vois.to_dict("records")}
     body = full["body"] if "body" in full else to_grid(ct, dose, AIR_HU) > BODY_HU
     crop = _crop(body)
     grid = _cropped(dose, crop)

@@ -24,13 +24,8 @@ import numpy as np
 import pandas as pd
 
 from theralake.dosimetry.radiobiology import get_tissue
-from theralake.lake import Lake, stable_hash
-from theralake.modeling.dataset import (
-    DatasetError,
-    load_modeling_config,
-    patient_frame,
-    preferred_dosimetry,
-)
+from theralake.lake import Lake, stable_hash, views
+from theralake.modeling.dataset import DatasetError, load_modeling_config, patient_frame
 from theralake.registry import tracking
 from theralake.registry.models import load_champion
 
@@ -87,18 +82,22 @@ class Recommendation:
 
 
 def recommend(lake: Lake, patient_id: str, cycle: int, config: dict | None = None,
-              write: bool = True) -> Recommendation:
+              write: bool = True, force: bool = False) -> Recommendation:
     """The recommended activity of ``cycle`` for a patient (written to ``recommendations``).
 
     Raises:
         RecommendationError: unknown patient, no champion dose model before cycle 1, no
-            dosimetry of the earlier cycles, no kinetics to turn dose into BED.
+            dosimetry of the earlier cycles, no kinetics to turn dose into BED, an organ at
+            risk whose dosimetry failed its quality checks in the last measured cycle
+            (unless ``force``).
     """
     config = config or load_modeling_config()
     rc = config["recommend"]
     if lake.read("patients", "patient_id = ?", [patient_id]).empty:
         raise RecommendationError(f"no patient {patient_id!r} in the lake at {lake.path}")
-    measured = _measured(lake, patient_id, cycle, config)
+    measured = views.dosimetry(lake, config["dosimetry_methods"], patient_id, cycle)
+    at_risk = [voi for spec in rc["limits"].values() for voi in spec["vois"]]
+    doubts = _quality(lake, patient_id, measured, at_risk, force)
     frame = patient_frame(lake, config, patient_id=patient_id)
     row = frame if patient_id in frame.index else None
     models: dict[str, str] = {}
@@ -132,6 +131,8 @@ def recommend(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
                   f"{limiting.quantity_at(activity):.1f} of {limiting.limit_gy:g} Gy")
         rec = Recommendation(patient_id, cycle, activity * 1000.0, limiting.organ,
                              f"{activity:g} GBq: {reason}", budgets, tumour, p_response, models)
+        if doubts:
+            rec.explanation += "; quality: " + "; ".join(doubts)
         if p_response is not None:
             rec.explanation += (f"; predicted tumour dose {tumour:.1f} Gy, response "
                                 f"probability {p_response:.2f} ({models['response']})")
@@ -147,10 +148,25 @@ def recommend(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     return rec
 
 
-def _measured(lake: Lake, patient_id: str, cycle: int, config: dict) -> pd.DataFrame:
-    """The patient's organ_dosimetry rows of cycles before ``cycle`` (one method)."""
-    df = lake.read("organ_dosimetry", "patient_id = ? AND cycle < ?", [patient_id, cycle])
-    return df if df.empty else preferred_dosimetry(df, config["dosimetry_methods"])
+def _quality(lake: Lake, patient_id: str, measured: pd.DataFrame, at_risk: list[str],
+             force: bool) -> list[str]:
+    """The quality findings of the organs at risk in the last measured cycle: a failure
+    refuses the recommendation (unless ``force``); warnings are returned to be shown."""
+    if measured.empty:
+        return []
+    last = int(measured.cycle.max())
+    found = views.quality(lake, patient_id, last)
+    if found.empty:
+        return []
+    mine = found[found.voi.isin(at_risk) & (found.status != "pass")]
+    failed = mine[mine.status == "fail"]
+    if not failed.empty and not force:
+        raise RecommendationError(
+            f"the dosimetry of cycle {last} failed for "
+            + "; ".join(f"{r.voi} ({r.message})" for r in failed.itertuples())
+            + ": fix it and re-run theralake dosimetry, or recommend with --force")
+    return [f"{r.voi} {r.status} in cycle {last} ({r.check}: {r.message})"
+            for r in mine.itertuples()]
 
 
 def _champion_or_none(lake: Lake, task: str, tmp: str, models: dict) -> object | None:
@@ -217,7 +233,7 @@ def _budget(lake: Lake, voi: str, organ: str, spec: dict, measured: pd.DataFrame
             p, _, pu = predicted[voi]
             d, upper = (1 - w) * d + w * p, (1 - w) * upper + w * pu
             source += f", blended {w:g} with the dose model"
-        k = _bed_k(float(last.absorbed_dose_gy), float(last.bed_gy))
+        k = _bed_k(last)
     elif voi in predicted:
         d, _, upper = predicted[voi]
         source = "the @champion dose model (upper end of its interval)"
@@ -229,17 +245,23 @@ def _budget(lake: Lake, voi: str, organ: str, spec: dict, measured: pd.DataFrame
                      source)
 
 
-def _bed_k(dose_gy: float, bed_gy: float) -> float:
-    return (bed_gy - dose_gy) / dose_gy**2 if dose_gy > 0 else 0.0
+def _bed_k(row: pd.Series) -> float:
+    """BED = D + k D^2 with k = G / (alpha/beta) of the VOI's measured kinetics."""
+    g, ab = row.get("lea_catcheside_g"), row.get("alpha_beta_gy")
+    if pd.notna(g) and pd.notna(ab) and ab > 0:
+        return float(g) / float(ab)
+    raise RecommendationError(f"{row.voi}: organ_dosimetry of cycle {int(row.cycle)} holds no "
+                              "kinetics for BED (lea_catcheside_g): re-run theralake dosimetry")
 
 
 def _cohort_bed_k(lake: Lake, voi: str) -> float:
     """Median BED factor k of the VOI over the lake's measured cycles."""
-    df = lake.read("organ_dosimetry", "voi = ? AND absorbed_dose_gy > 0", [voi])
+    df = lake.read("organ_dosimetry", "voi = ? AND lea_catcheside_g IS NOT NULL AND "
+                   "alpha_beta_gy > 0", [voi])
     if df.empty:
         raise RecommendationError(f"{voi}: no measured kinetics in the lake to turn a "
                                   "predicted dose into BED")
-    return float(np.median((df.bed_gy - df.absorbed_dose_gy) / df.absorbed_dose_gy**2))
+    return float(np.median(df.lea_catcheside_g / df.alpha_beta_gy))
 
 
 def _response(row: pd.DataFrame | None, activity_gbq: float, measured: pd.DataFrame,

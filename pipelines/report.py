@@ -21,9 +21,9 @@ import typer
 from theralake.dosimetry.kinetics import TacFit
 from theralake.dosimetry.voi_activity import mask_on, to_grid
 from theralake.ingest.cli import LakeOption
-from theralake.lake import Lake, LakeError, Volume
+from theralake.lake import Lake, LakeError, Volume, views
 from theralake.modeling.cli import ConfigOption
-from theralake.modeling.dataset import load_modeling_config, preferred_dosimetry
+from theralake.modeling.dataset import load_modeling_config
 from theralake.pipelines import report_figures as figs
 from theralake.pipelines.report_html import (
     Html,
@@ -60,8 +60,7 @@ def patient_report(lake: Lake, patient_id: str, out: Path, config: dict | None =
     patient = lake.read("patients", "patient_id = ?", [patient_id])
     if patient.empty:
         raise ReportError(f"no patient {patient_id!r} in the lake at {lake.path}")
-    od = lake.read("organ_dosimetry", "patient_id = ?", [patient_id])
-    od = preferred_dosimetry(od, config["dosimetry_methods"]) if not od.empty else od
+    od = views.dosimetry(lake, config["dosimetry_methods"], patient_id)
     admins = lake.read("administrations", "patient_id = ?", [patient_id])
     sections = [
         ("patient", "Patient", lambda: _patient(
@@ -71,6 +70,7 @@ def patient_report(lake: Lake, patient_id: str, out: Path, config: dict | None =
         ("images", "Images: dose and VOIs", lambda: _images(lake, patient_id, od)),
         ("kinetics", "Time-activity curves", lambda: _kinetics(lake, patient_id, od, config)),
         ("doses", "Organ and lesion doses", lambda: _doses(od, admins, config)),
+        ("quality", "Quality record", lambda: _quality(lake, patient_id, config)),
         ("limits", "Organ limits", lambda: _limits(od, config)),
         ("dvh", "Dose-volume histograms", lambda: _dvhs(lake, patient_id)),
         ("recommendation", "Recommendation", lambda: _recommendation(lake, patient_id)),
@@ -90,7 +90,7 @@ def _patient(p: pd.Series, clinical: pd.DataFrame, admins: pd.DataFrame, od: pd.
     """Demographics (the patients table, else the clinical one), the treatment, and the
     baseline clinical variables."""
     values = {r.variable: r.value_text if pd.isna(r.value_num) else r.value_num
-              for r in clinical.sort_values("created_utc").itertuples()}
+              for r in views.current(clinical, ["variable"]).itertuples()}
     height_m = p.height_m if pd.notna(p.height_m) else values.get("height_cm", np.nan) / 100
     therapy = _therapy(admins)
     head = facts([
@@ -125,12 +125,11 @@ def _activities(admins: pd.DataFrame) -> Html:
 
 def _dose_map_rows(lake: Lake, patient_id: str, od: pd.DataFrame) -> pd.DataFrame:
     """The dose map of each cycle: the method of the dosimetry rows shown, else the newest."""
-    maps = lake.read("dose_maps", "patient_id = ? AND quantity = 'dose'", [patient_id])
-    if maps.empty:
-        return maps
-    methods = set(od.method) if not od.empty else set()
-    maps = maps.assign(pref=maps.method.isin(methods)).sort_values(["pref", "created_utc"])
-    return maps.groupby("cycle").last().reset_index().sort_values("cycle")
+    methods = sorted(set(od.method)) if not od.empty else []
+    cycles = lake.sql("SELECT DISTINCT cycle FROM dose_maps WHERE patient_id = ? ORDER BY cycle",
+                      [patient_id]).cycle
+    rows = [views.dose_map(lake, patient_id, int(c), "dose", methods) for c in cycles]
+    return pd.DataFrame([r for r in rows if r is not None])
 
 
 @dataclass
@@ -150,32 +149,31 @@ class _View:
         return figs.peak_gy(self.dose_gy if inside is None else self.dose_gy[inside])
 
 
-def _view(lake: Lake, dose_map: pd.Series, cts: pd.DataFrame) -> _View | None:
-    """The reference CT of a dose map (same frame of reference), its VOIs and the dose on
-    its grid; None without such a CT."""
-    ct_rows = cts[(cts.cycle == dose_map.cycle)
-                  & (cts.frame_of_reference_key == dose_map.frame_of_reference_key)]
-    if ct_rows.empty:
+def _view(lake: Lake, dose_map: pd.Series, methods: list[str]) -> _View | None:
+    """The reference CT of a dose map, the VOIs its dosimetry used and the dose on the CT's
+    grid; None without such a CT."""
+    ct_row = views.reference_ct(lake, dose_map.patient_id, int(dose_map.cycle), methods)
+    if ct_row is None:
         return None
-    ct_row = ct_rows.sort_values("created_utc").iloc[-1]
-    ct = Volume.from_row(ct_row.to_dict())
+    ct = Volume.from_row(ct_row)
     dose = to_grid(Volume.from_row(dose_map.to_dict()), ct)
-    masks = _masks(lake, ct_row.id, ct)
+    masks = _masks(views.dosimetry_vois(lake, dose_map.patient_id, int(dose_map.cycle), methods),
+                   ct)
     body = masks.pop("body", None)
     if body is not None:  # air at the skin: low density, no meaningful dose
         dose = np.where(np.logical_or.reduce([body, *masks.values()]), dose, 0.0)
-    return _View(int(dose_map.cycle), dose_map.method, float(ct_row.time_h), ct, dose, masks)
+    return _View(int(dose_map.cycle), dose_map.method, float(ct_row["time_h"]), ct, dose, masks)
 
 
 def _images(lake: Lake, patient_id: str, od: pd.DataFrame) -> Html:
     maps = _dose_map_rows(lake, patient_id, od)
     if maps.empty:
         return unavailable("no dose map in the lake for this patient (run theralake dosimetry)")
-    cts = lake.read("images", "patient_id = ? AND kind = 'ct'", [patient_id])
-    views = {int(m.cycle): _view(lake, m, cts) for _, m in maps.iterrows()}
-    vmax = max((v.voi_peak_gy for v in views.values() if v), default=1.0)
+    methods = sorted(set(od.method)) if not od.empty else []
+    shown = {int(m.cycle): _view(lake, m, methods) for _, m in maps.iterrows()}
+    vmax = max((v.voi_peak_gy for v in shown.values() if v), default=1.0)
     parts = []
-    for cycle, v in views.items():
+    for cycle, v in shown.items():
         if v is None:
             parts.append(unavailable(f"cycle {cycle}: no CT in the dose map's frame of "
                                      "reference"))
@@ -192,13 +190,12 @@ def _images(lake: Lake, patient_id: str, od: pd.DataFrame) -> Html:
     return Html("".join(parts))
 
 
-def _masks(lake: Lake, ct_id: str, ct: Volume) -> dict[str, np.ndarray]:
-    """VOI masks of the reference CT, on its grid (newest row per VOI)."""
-    vois = lake.read("vois", "image_id = ?", [ct_id])
+def _masks(vois: pd.DataFrame, ct: Volume) -> dict[str, np.ndarray]:
+    """VOI masks on the reference CT's grid."""
     out = {}
-    for r in vois.sort_values("created_utc").groupby("voi").last().reset_index().itertuples():
-        vol = Volume.from_row(r._asdict())
-        out[r.voi] = vol.array > 0 if vol.same_grid(ct) else mask_on(vol, ct)
+    for r in vois.to_dict("records"):
+        vol = Volume.from_row(r)
+        out[r["voi"]] = vol.array > 0 if vol.same_grid(ct) else mask_on(vol, ct)
     return out
 
 
@@ -237,7 +234,7 @@ def _kinetics(lake: Lake, patient_id: str, od: pd.DataFrame, config: dict) -> Ht
             if not fit_row.empty:
                 mine = points[points.params_hash == fit_row.params_hash.iloc[0]]
                 points = mine if not mine.empty else points
-            points = points.sort_values("created_utc").groupby("time_h").last().reset_index()
+            points = views.current(points, ["time_h"]).sort_values("time_h")
             sigma = points.activity_sigma_mbq.to_numpy(float)
             fit = figs.fit_from_json(fit_row.fit_parameters.iloc[0], points.time_h,
                                      points.activity_mbq) if not fit_row.empty else None
@@ -290,13 +287,58 @@ def _doses(od: pd.DataFrame, admins: pd.DataFrame, config: dict) -> Html:
         out = pd.DataFrame({"VOI": rows.voi.map(figs.label)})
         for col, (head, digits) in DOSE_COLUMNS.items():
             out[head] = rows[col].map(lambda v, d=digits: num(v, d))
+        out["TIA from"] = [_tia_from(r) for r in rows.to_dict("records")]
+        out["dose map mean (Gy)"] = rows.get("map_mean_dose_gy", pd.Series(
+            index=rows.index, dtype=float)).map(lambda v: num(v, 2))
+        out["quality"] = [badge(q, QUALITY_LEVEL[q]) if isinstance(q, str) else "–"
+                          for q in rows.get("quality", pd.Series([None] * len(rows)))]
         activity = therapy.get(cycle)
         parts.append(subsection(
             f"Cycle {cycle}" + (f": {num(activity / 1000, 2)} GBq" if activity else ""),
             table(out, caption=f"method {', '.join(sorted(rows.method.unique()))}; cumulative: "
                                "this and the earlier cycles")))
-    return Html(note("BED and EQD2 from the linear-quadratic model with the VOI's "
-                     "α/β and repair half-time and the fitted kinetics.") + "".join(parts))
+    basis = od.dose_basis.dropna().iloc[0] if "dose_basis" in od and \
+        od.dose_basis.notna().any() else None
+    return Html(note("Absorbed dose: " + (basis or "the dosimetry's VOI dose") + ". The dose "
+                     "map mean is the map's own mean in the VOI, without that scaling (what a "
+                     "DVH of the exported RTDOSE gives). BED and EQD2 from the linear-quadratic "
+                     "model with the VOI's α/β and repair half-time and its kinetics.")
+                + "".join(parts))
+
+
+QUALITY_LEVEL = {"pass": "ok", "warn": "warn", "fail": "bad"}
+
+
+def _tia_from(row: dict) -> str:
+    points = row.get("time_points_h")
+    n = len(points) if points is not None and not isinstance(points, float) else None
+    how = row.get("tia_method") or "fit"
+    what = row.get("fit_model") if how == "fit" else how
+    correction = row.get("partial_volume")
+    return f"{what}" + (f", {n} time points" if n else "") + (
+        f", {correction}" if isinstance(correction, str) and correction != "none" else "")
+
+
+def _quality(lake: Lake, patient_id: str, config: dict) -> Html:
+    found = views.quality(lake, patient_id)
+    if found.empty:
+        return unavailable("no quality record in the lake for this patient (run theralake "
+                           "dosimetry)")
+    shown = found[(found.status != "pass") & (found.check != "cycle")]
+    summary = found[found.check == "cycle"]
+    parts = [table(pd.DataFrame({
+        "cycle": summary.cycle.astype(int),
+        "status": [badge(s, QUALITY_LEVEL[s]) for s in summary.status],
+        "summary": summary.message}), ["status"])]
+    if shown.empty:
+        parts.append(note("Every check passed."))
+    else:
+        parts.append(subsection("Warnings and failures", table(pd.DataFrame({
+            "cycle": shown.cycle.astype(int), "VOI": shown.voi.fillna("(cycle)").map(figs.label),
+            "status": [badge(s, QUALITY_LEVEL[s]) for s in shown.status],
+            "check": shown.check, "reason": shown.message}), ["VOI", "status", "check"],
+            wrap=["reason"])))
+    return Html("".join(parts))
 
 
 def _limits(od: pd.DataFrame, config: dict) -> Html:
@@ -339,9 +381,9 @@ def _dvhs(lake: Lake, patient_id: str) -> Html:
     dvhs = lake.read("dvhs", "patient_id = ?", [patient_id])
     if dvhs.empty:
         return unavailable("no DVHs in the lake for this patient (run theralake features)")
-    newest = dvhs.sort_values("created_utc").groupby("cycle").image_id.last()
-    dvhs = dvhs[dvhs.image_id.isin(newest)].sort_values("created_utc").groupby(
-        ["cycle", "voi", "quantity"]).last().reset_index()
+    maps = [views.dose_map(lake, patient_id, int(c)) for c in dvhs.cycle.dropna().unique()]
+    dvhs = dvhs[dvhs.image_id.isin([m["id"] for m in maps if m])]
+    dvhs = views.current(dvhs, ["cycle", "voi", "quantity"])
     dvhs = dvhs[dvhs.voi != "body"]
     return figure(figs.dvh_grid(dvhs), "dose-volume histograms",
                   "Cumulative DVHs of the dose map of each cycle (BED: the voxel dose with the "
@@ -353,7 +395,7 @@ def _recommendation(lake: Lake, patient_id: str) -> Html:
     if recs.empty:
         return unavailable("no recommendation in the lake for this patient (run theralake "
                            "recommend)")
-    recs = recs.sort_values("created_utc", ascending=False)
+    recs = views.newest_first(recs)
     r = recs.iloc[0]
     d = json.loads(r.details) if isinstance(r.details, str) else {}
     activity = (f"{num(r.activity_mbq / 1000, 2)} GBq ({num(r.activity_mbq, 0)} MBq)"

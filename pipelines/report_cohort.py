@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from sksurv.util import Surv
 
-from theralake.lake import Lake
+from theralake.lake import Lake, views
 from theralake.modeling import plots
-from theralake.modeling.dataset import build_dataset, load_modeling_config, preferred_dosimetry
+from theralake.modeling.dataset import build_dataset, load_modeling_config
 from theralake.modeling.estimators import unwrap
 from theralake.pipelines import report_figures as figs
 from theralake.pipelines.report_html import (
@@ -47,8 +47,7 @@ COEFFICIENT_UNIT = {"survival": "log hazard ratio per SD", "binary": "log odds r
 def cohort_report(lake: Lake, out: Path, config: dict | None = None) -> Path:
     """Write the self-contained HTML report of the lake's cohort; returns ``out``."""
     config = config or load_modeling_config()
-    od = lake.read("organ_dosimetry")
-    od = preferred_dosimetry(od, config["dosimetry_methods"]) if not od.empty else od
+    od = views.dosimetry(lake, config["dosimetry_methods"])
     models = list_models(lake)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -61,6 +60,7 @@ def cohort_report(lake: Lake, out: Path, config: dict | None = None) -> Path:
             ("importance", "Feature importance",
              lambda: _importance(lake, models, config, folder)),
             ("doses", "Dose distributions", lambda: _doses(od)),
+            ("quality", "Quality record", lambda: _quality(lake)),
         ]
         built = [(a, t, guarded(f, t.lower())) for a, t, f in sections]
     return write(out, page("Cohort report", lake.path, built,
@@ -110,7 +110,7 @@ def _counts(lake: Lake, od: pd.DataFrame, models: pd.DataFrame) -> Html:
 def _outcome(lake: Lake, endpoint: str) -> pd.DataFrame:
     out = lake.read("outcomes", "endpoint = ? AND time_d IS NOT NULL AND event IS NOT NULL",
                     [endpoint])
-    return out.sort_values("created_utc").groupby("patient_id")[["event", "time_d"]].last()
+    return views.current(out, ["patient_id"]).set_index("patient_id")[["event", "time_d"]]
 
 
 def _km(outcome: pd.DataFrame, groups: pd.Series, title: str, path: Path) -> tuple[Html, float]:
@@ -139,7 +139,7 @@ def _survival(lake: Lake, od: pd.DataFrame, config: dict, folder: Path) -> Html:
             notes.append(unavailable(f"no out-of-fold {task} predictions (run theralake train "
                                      f"--task {task})"))
         else:
-            run = mine.sort_values("created_utc").model_uri.iloc[-1]
+            run = views.current(mine, ["task"]).model_uri.iloc[0]
             risk = mine[mine.model_uri == run].set_index("patient_id").value
             if len(risk.index.intersection(outcome.index)) < MIN_KM_PATIENTS:
                 notes.append(unavailable(f"fewer than {MIN_KM_PATIENTS} patients with {task} "
@@ -340,3 +340,25 @@ def _doses(od: pd.DataFrame) -> Html:
                                                              strict=True)],
             "max (Gy)": summary.top.map(num),
             "median dose per activity (Gy/GBq)": summary.per_gbq.map(num)})))
+
+
+# ------------------------------------------------------------------------ quality
+def _quality(lake: Lake) -> Html:
+    """Patient-cycles by dosimetry quality, and how often each check warned or failed."""
+    found = views.quality(lake)
+    if found.empty:
+        return unavailable("no quality record in the lake (run theralake dosimetry)")
+    cycles = found[found.check == "cycle"]
+    problems = found[(found.status != "pass") & (found.check != "cycle")]
+    counts = cycles.status.value_counts()
+    head = facts([(f"patient-cycles {s}", int(counts.get(s, 0))) for s in ("pass", "warn",
+                                                                         "fail")])
+    if problems.empty:
+        return Html(head + note("Every check passed."))
+    by_check = problems.groupby(["check", "status"]).agg(
+        findings=("id", "size"), patient_cycles=("patient_id", "nunique"),
+        example=("message", "first")).reset_index()
+    return Html(head + table(by_check.rename(columns={
+        "patient_cycles": "patient-cycles", "example": "an example"}), ["check", "status"],
+        wrap=["an example"]) + note("Each patient's report lists its own findings; the lake's "
+                                    "quality table holds them all."))
