@@ -8,6 +8,11 @@ prints the error of TIA and absorbed dose against the generator's truth per orga
 worst over the cohort) and for lesions of 5 mL or more.
 
     python benchmarks/bench_dosimetry_accuracy.py [--patients 10] [--small] [--out DIR]
+        [--time-points 4,24,48,168] [--contours all|first|later|cycle1|pet]
+
+``--time-points`` and ``--contours`` measure the other protocols of the test matrix at full
+size (contours on one CT only, one to five time points). The ``vsv-camera`` run takes the
+SPECT resolution from the camera's calibration (the default flow) instead of the truth.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from theralake.ingest.pseudonym import Pseudonymizer
 from theralake.ingest.runner import IngestOptions, ingest
 from theralake.lake import Lake
 from theralake.synth.cohort import generate_cohort
-from theralake.synth.config import SynthConfig
+from theralake.synth.config import SynthConfig, parse_time_points
 
 ORGANS = ["kidney_left", "kidney_right", "liver", "spleen", "parotid_gland_left",
           "parotid_gland_right", "submandibular_gland_left", "submandibular_gland_right",
           "urinary_bladder", "red_marrow", "body"]
 RUNS = {"ldm": {"method": "ldm", "registration": "rigid"},
-        "vsv": {"method": "vsv", "registration": "rigid"}}
+        "vsv": {"method": "vsv", "registration": "rigid"},
+        "vsv-camera": {"method": "vsv", "registration": "rigid", "partial_volume": {}}}
 
 
 def errors(out: Path, lake: Lake, pseudo: Pseudonymizer) -> pd.DataFrame:
@@ -69,6 +75,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="keep the cohort and lake here")
+    ap.add_argument("--time-points", default="4,24,48,168")
+    ap.add_argument("--contours", default="all")
+    ap.add_argument("--runs", default=",".join(RUNS))
     a = ap.parse_args()
     pseudo = Pseudonymizer(key="benchmark")
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,15 +86,18 @@ def main() -> None:
         t0 = time.perf_counter()
         if not (out / "truth").exists():  # an --out folder from an earlier run is reused
             generate_cohort(SynthConfig(patients=a.patients, cycles=1, seed=a.seed,
-                                        small=a.small), out, progress=True)
+                                        small=a.small, contours=a.contours,
+                                        time_points_h=parse_time_points(a.time_points)), out,
+                            progress=True)
             ingest(out, lake, IngestOptions(show_progress=True), pseudo)
         print(f"synthesis and ingest: {time.perf_counter() - t0:.0f} s")
         cameras = pd.read_parquet(out / "truth" / "patients.parquet")
-        run_of, seconds = {}, {name: [] for name in RUNS}
+        runs = {name: RUNS[name] for name in a.runs.split(",")}
+        run_of, seconds = {}, {name: [] for name in runs}
         for _, p in track(list(cameras.iterrows()), description="dosimetry"):
-            for name, settings in RUNS.items():
-                config = load_config(**settings, partial_volume={
-                    "method": "gtm", "fwhm_mm": float(p.spect_fwhm_mm)})
+            for name, settings in runs.items():
+                truth_fwhm = {"method": "gtm", "fwhm_mm": float(p.spect_fwhm_mm)}
+                config = load_config(**{"partial_volume": truth_fwhm, **settings})
                 t0 = time.perf_counter()
                 res = run_cycle(lake, pseudo.patient_id(p.PatientID), 1, config)
                 seconds[name].append(time.perf_counter() - t0)

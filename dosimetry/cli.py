@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from theralake.dosimetry.kernels import voxel_s_kernel
+from theralake.dosimetry.kinetics import fit_tac, select_tac_model
+from theralake.dosimetry.nuclides import get_nuclide
+
 __all__ = ["register"]
 
 
@@ -37,9 +41,6 @@ def tac(
     bootstrap: int = typer.Option(0, help="parametric bootstrap resamples"),
 ) -> None:
     """Fit a time-activity curve, compare models by AICc, and print the TIA."""
-    from .kinetics import fit_tac, select_tac_model
-    from .nuclides import get_nuclide
-
     t, a, s = _read_tac(file)
     lam = get_nuclide(nuclide).decay_constant_per_h if nuclide else None
     try:
@@ -102,8 +103,6 @@ def kernel(
     out: Path = typer.Option(None, help="write kernel (.npy or .csv with i,j,k,value)"),
 ) -> None:
     """Compute a voxel S-value kernel and print its central values in mGy/(MBq·s)."""
-    from .kernels import voxel_s_kernel
-
     try:
         k = voxel_s_kernel(nuclide, voxel_mm, size, density, beta_only=beta_only)
     except ValueError as exc:

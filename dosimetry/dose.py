@@ -14,6 +14,7 @@ import scipy.fft as sfft
 
 from .kernels import VoxelKernel
 from .nuclides import MEV_TO_J, get_nuclide
+from .voxel_kinetics import fit_voxel_tacs
 
 __all__ = ["local_deposition_dose", "convolve_fft", "vsv_dose", "hu_to_density",
            "dose_rate_map", "dose_from_dose_rate_maps", "VoiDoseStats", "voi_dose_stats"]
@@ -134,8 +135,6 @@ def dose_rate_map(activity_mbq, kernel: VoxelKernel, density_g_cm3=None) -> np.n
 def dose_from_dose_rate_maps(time_h, dose_rate_maps_gy_per_h, model: str = "auto",
                              decay_constant_per_h: float | None = None) -> np.ndarray:
     """Dose-rate route: fit the voxel dose-rate curves and integrate them to ∞ (Gy)."""
-    from .voxel_kinetics import fit_voxel_tacs
-
     res = fit_voxel_tacs(time_h, dose_rate_maps_gy_per_h, model=model,
                          decay_constant_per_h=decay_constant_per_h)
     return res.tia_map

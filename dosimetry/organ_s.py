@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .nuclides import normalize_name
+from .sphere import sphere_self_s
 
 __all__ = ["STable", "load_s_table", "scale_self_s", "mird_dose", "OrganDose",
            "default_s_table_path", "write_sphere_s_table"]
@@ -147,14 +148,11 @@ def mird_dose(tia_mbq_h: dict[str, float], table: STable, nuclide: str,
 
 def write_sphere_s_table(path: str | Path, nuclides: list[str], masses_g: list[float]) -> None:
     """Write a sphere self-S table computed with :func:`.sphere.sphere_self_s`."""
-    from . import __name__ as pkg
-    from .sphere import sphere_self_s
-
     with open(path, "w", newline="") as fh:
         fh.write("# Unit-density sphere self-S values computed by theralake.dosimetry.sphere\n")
         fh.write("# (ICRP-107 spectra; electron condensed-history MC + photon MC point kernels\n")
         fh.write("# in water; sphere geometric factor). Reproduce: "
-                 f"{pkg}.organ_s.write_sphere_s_table\n")
+                 f"{__name__}.write_sphere_s_table\n")
         w = csv.writer(fh)
         w.writerow(["nuclide", "source", "target", "s_gy_per_bq_s", "reference_mass_g",
                     "photon_fraction", "provenance"])

@@ -54,6 +54,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from theralake import __version__
 from theralake.dosimetry import registration
 from theralake.dosimetry.registration import RegistrationResult
 from theralake.lake import Lake, Volume
@@ -299,8 +300,6 @@ class AiRegistration:
     def save(self, folder: str | Path) -> Path:
         """Write ``ai_registration.json`` (parameters, training record) and ``weights.pt``."""
         import monai
-
-        from theralake import __version__
 
         self._check_fitted()
         folder = Path(folder)

@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from theralake.features.job import run_features
+from theralake.lake import Lake
+
 
 def features(
     patient: Annotated[str | None, typer.Option(help="lake patient_id (default: all)")] = None,
@@ -16,9 +19,6 @@ def features(
     lake: Annotated[Path | None, typer.Option(help="lake folder")] = None,
 ) -> None:
     """Radiomics, dosiomics, DVH and uptake metrics per VOI, image and cycle, into the lake."""
-    from theralake.features.job import run_features
-    from theralake.lake import Lake
-
     the_lake = Lake(lake, create=False)
     try:
         counts = run_features(the_lake, [patient] if patient else None, set_name, workers)

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
+from theralake.features.ibsi import ibsi_key, load_feature_map, to_ibsi
 from theralake.lake import Volume
 from theralake.lake.volume import bounding_box
 
@@ -97,8 +98,6 @@ def _validate(params: dict, name: str) -> None:
 @functools.cache
 def _ibsi_names() -> dict[str, str]:
     """pyradiomics feature name -> IBSI key (read once, not per VOI)."""
-    from theralake.features.ibsi import ibsi_key, load_feature_map
-
     return {r.pyradiomics: ibsi_key(r.family, r.ibsi)
             for r in load_feature_map().itertuples(index=False)}
 
@@ -143,8 +142,6 @@ def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: F
         ValueError: mask not on the image grid, empty, or too small for the set; NaN or
             infinite intensities inside the VOI.
     """
-    from theralake.features.ibsi import to_ibsi
-
     m = np.asarray(mask, bool)
     if m.shape != image.array.shape:
         raise ValueError(f"mask shape {m.shape} is not the image's {image.array.shape}")

@@ -19,6 +19,7 @@ from theralake.modeling.cli import register as register_modeling
 from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
 from theralake.pipelines.dosimetry_cli import register as register_dosimetry_run
+from theralake.pipelines.quality import quality_line
 from theralake.pipelines.report import register as register_report
 from theralake.synth.cli import register as register_synth
 
@@ -155,6 +156,8 @@ def run_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(summary.table())
+    if chosen is None or "dosimetry" in chosen:
+        typer.echo(quality_line(the_lake))
     if not summary.ok:
         raise typer.Exit(1)
 

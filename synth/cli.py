@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from theralake.synth.cohort import generate_cohort
 from theralake.synth.config import SynthConfig, SynthConfigError, parse_time_points
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ def register(app: typer.Typer) -> None:
                               spect_grids=spect_grids)
         except SynthConfigError as err:
             raise typer.BadParameter(str(err)) from None
-        from theralake.synth.cohort import generate_cohort
-
         t0 = time.perf_counter()
         res = generate_cohort(cfg, out, workers=workers)
         typer.echo(f"wrote {len(res.patients)} synthetic patients to {out} "

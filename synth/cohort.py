@@ -88,11 +88,21 @@ def write_tables(out: Path, cfg: SynthConfig, clinical: list[dict], outcomes: li
                    "fwhm_mm": SPECT_FWHM_NOMINAL_MM}
                   for c, v in sorted(CAMERAS.items())]).to_csv(out / "calibration.csv",
                                                                 index=False)
+    _density_phantom().to_csv(out / "ct_density_phantom.csv", index=False)
     mapping = {"clinical": {"file": "clinical.csv", "patient_id": "PatientID"},
                "outcomes": {"file": "outcomes.csv", "patient_id": "PatientID"},
                "administrations": {"file": "administrations.csv", "patient_id": "PatientID"},
                "calibration": {"file": "calibration.csv"}}
     (out / "mapping.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+
+
+def _density_phantom() -> pd.DataFrame:
+    """The synthetic scanner's CT density calibration: each tissue's mean CT number and mass
+    density, as a clinic measures its scanner on a density phantom (a bone lesion's CT number
+    varies, its density does not: the calibration can only approximate it)."""
+    rows = sorted({(t.hu, t.density, t.name) for t in TISSUES.values()})
+    return pd.DataFrame(rows, columns=["hu", "density_g_cm3", "tissue"]).drop_duplicates(
+        "hu").reset_index(drop=True)
 
 
 def generate_patient(cfg: SynthConfig, index: int, out: Path) -> tuple[PatientTruth, dict]:

@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from theralake.synth.anatomy import Anatomy, _displacement
 from theralake.synth.constants import LU177
+from theralake.synth.dose import MBQH_TO_BQS
 from theralake.synth.grid import Grid, spect_grid
 from theralake.synth.patient import (
     N_PROJECTIONS,
@@ -26,6 +27,7 @@ from theralake.synth.patient import (
     Pose,
     TimePoint,
     _comp_of_label,
+    comp_energy_j,
     pet_concentration_scale,
     voi_labels,
 )
@@ -151,9 +153,6 @@ def tia_map(cyc: CycleTruth) -> np.ndarray:
 
 def dose_map(cyc: CycleTruth, tia: np.ndarray) -> np.ndarray:
     """True absorbed dose (Gy) per voxel, same rule as the VOI doses (dose.py)."""
-    from theralake.synth.dose import MBQH_TO_BQS
-    from theralake.synth.patient import comp_energy_j
-
     assert cyc.anatomy is not None
     names, table = _comp_index(cyc)
     e = comp_energy_j(cyc)

@@ -36,6 +36,7 @@ from theralake.synth.dose import (
 )
 from theralake.synth.grid import ct_grid
 from theralake.synth.kinetics import ExpSum, fit_effective_half_life
+from theralake.synth.outcomes import draw_outcomes
 from theralake.synth.tissues import (
     LESION_BASE,
     ORGAN_COMPARTMENTS,
@@ -256,8 +257,6 @@ def simulate_patient(cfg: SynthConfig, index: int, *, raster: bool = True) -> Pa
             for name in ("kidney_left", "kidney_right"):
                 uptake[name] *= max(1.0 - 0.004 * cyc.dose_gy[name], 0.7)
             params = params.with_organ_scales(organ_f)
-    from theralake.synth.outcomes import draw_outcomes
-
     pt.outcome, pt.outcome_truth = draw_outcomes(pt, r_out)
     return pt
 

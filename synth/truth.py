@@ -11,6 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
+from theralake.lake.volume import Volume
 from theralake.synth.constants import LU177
 from theralake.synth.dose import DOSE_METHOD, radiobiology_for
 from theralake.synth.dose import eqd2_gy as _eqd2
@@ -100,8 +101,6 @@ def image_row(pid: str, cycle: int | None, session: str | None, kind: str, units
               array: np.ndarray, grid: Grid, labels: dict | None = None) -> dict:
     """A truth image as a lake-style row (geometry columns + compressed voxels)."""
     try:
-        from theralake.lake.volume import Volume
-
         vol = Volume(np.ascontiguousarray(array), grid.spacing, grid.origin)
         cols = vol.geometry_columns()
         sha = vol.content_hash(pid, cycle, session, kind)

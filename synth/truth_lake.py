@@ -80,7 +80,9 @@ def _dosimetry_rows(pt: PatientTruth, pid: str, rng: np.random.Generator,
                 "mass_g": cyc.voi_mass_g.get(voi), "tia_mbq_h": cyc.tia_mbq_h.get(voi),
                 "absorbed_dose_gy": dose, "dose_per_activity_gy_per_gbq": dose / gbq,
                 "bed_gy": bed, "eqd2_gy": eqd2_gy(bed, rb), "cumulative_bed_gy": cum,
-                "cumulative_eqd2_gy": eqd2_gy(cum, rb), "fit_model": "truth"})
+                "cumulative_eqd2_gy": eqd2_gy(cum, rb), "fit_model": "truth",
+                "tia_method": "truth", "lea_catcheside_g": k * rb.alpha_beta_gy,
+                "alpha_beta_gy": rb.alpha_beta_gy, "repair_half_time_h": rb.t_rep_h})
     return rows
 
 

@@ -218,3 +218,18 @@ def test_lesions_thresholded_without_organs_are_flagged(case):
     assert checks["lesions_without_organs"].status == "warn"
     assert "kidney_left" in checks["lesions_without_organs"].message
     assert {f.voi for f in res.findings if f.check == "organ_missing"} >= set(ORGANS)
+
+
+@pytest.mark.parametrize("case", ["dicom-1tp"], indirect=True)
+def test_the_command_prints_the_warnings_and_strict_fails_on_them(case):
+    from typer.testing import CliRunner
+
+    from theralake.pipelines.cli import app
+
+    _, lake, pid, _, _ = case
+    args = ["dosimetry", "--lake", str(lake.path), "--registration", "rigid"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert f"{pid} cycle 1:" in done.output and "quality warn" in done.output
+    assert "WARN organ_missing: lacrimal_gland_left" in done.output
+    assert CliRunner().invoke(app, [*args, "--strict"]).exit_code == 1

@@ -82,6 +82,35 @@ def test_nifti_ct_pet_suvbw_and_labels(tmp_path, lake):
     assert set(lake.read("images")["patient_id"]) == {Pseudonymizer().patient_id(PID)}
 
 
+def test_a_label_maps_body_is_the_whole_body_and_the_resolution_is_kept(tmp_path, lake):
+    """In a label map every voxel has one label, so a body label holds only what no organ
+    claims: the body VOI is the union of the labels (it was the remainder before)."""
+    folder = tmp_path / "patient"
+    folder.mkdir()
+    _write_nifti(folder / "ct.nii.gz", np.zeros((8, 16, 16), np.int16),
+                 {"PatientID": PID, "Modality": "CT", "Units": "HU"})
+    labels = np.zeros((8, 16, 16), np.uint8)
+    labels[1:7, 2:14, 2:14] = 1  # the body around the organs
+    labels[2:5, 3:7, 4:9] = 2
+    _write_nifti(folder / "seg.nii.gz", labels, {
+        "PatientID": PID, "Modality": "SEG", "Units": "LABELS", "FrameOf": "ct",
+        "Labels": {"1": "External", "2": "liver"}})
+    counts = np.full((8, 16, 16), 100, np.float32)
+    _write_nifti(folder / "nm.nii.gz", counts, {
+        "PatientID": PID, "Modality": "NM", "Units": "CNTS", "Radionuclide": "Lu-177",
+        "InjectedActivityMBq": 7400, "InjectionDateTime": "2023-04-05T09:00:00",
+        "AcquisitionDateTime": "2023-04-06T09:00:00", "FrameOf": "ct",
+        "CalibrationFactorCpsPerMBq": 10.0, "AcquisitionDurationS": 1200,
+        "ResolutionFwhmMm": 10.5})
+    report = ingest(folder, lake, OPTS)
+    assert not report.skipped, report.summary()
+    vois = {r["voi"]: r for r in lake.read("vois").to_dict("records")}
+    assert vois["body"]["voxel_count"] == int((labels > 0).sum())
+    assert vois["liver"]["voxel_count"] == int((labels == 2).sum())
+    spect = lake.read("images", "kind = 'spect'").iloc[0]
+    assert spect.resolution_fwhm_mm == pytest.approx(10.5)
+
+
 def test_clinical_and_outcomes_with_mapping(tmp_path, lake):
     folder = tmp_path / "tables"
     folder.mkdir()

@@ -65,8 +65,14 @@ def built(tmp_path_factory):
         dosimetry = load_config(method="ldm", registration="none", voxel_model="mono")
         for cycle in (1, 2):
             run_cycle(lake, pid, cycle, dosimetry)
-        images = job._images  # the reports need the dose maps' DVHs only
-        mp.setattr(job, "_images", lambda *a: [i for i in images(*a) if i[0] == "dose"])
+        read = job.read_features  # the reports need the dose maps' DVHs only
+
+        def dose_maps_only(*args: object) -> object:
+            inputs = read(*args)
+            inputs.images = [i for i in inputs.images if i.kind == "dose"]
+            return inputs
+
+        mp.setattr(job, "read_features", dose_maps_only)
         mp.setattr(job, "_radiomics", lambda *a, **k: None)
         job.run_features(lake, [pid], set_name="fast", workers=1, progress=False)
         write_truth_lake(lake, SynthConfig(patients=100, cycles=2, seed=5, small=True),
