@@ -38,7 +38,6 @@ abdominal SPECT/CT).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import json
 import logging
@@ -57,28 +56,16 @@ import torch
 from theralake import __version__
 from theralake.dosimetry import registration
 from theralake.dosimetry.registration import RegistrationResult
+from theralake.dosimetry.registration_files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+)
 from theralake.lake import Lake, Volume
 
 log = logging.getLogger(__name__)
 
 FORMAT = "theralake-ai-registration/1"
-CONFIG_FILE = "ai_registration.json"
-WEIGHTS_FILE = "weights.pt"
 SIMILARITIES = ("lncc", "mi")
-MODEL_DIR = "models/registration-ai"
-
-
-def default_model_dir(lake: Lake) -> Path:
-    """Where a lake keeps its trained registration model."""
-    return Path(lake.path) / MODEL_DIR
-
-
-def weights_sha256(folder: str | Path) -> str:
-    """SHA-256 of a saved model's weights and settings (its identity in run parameters)."""
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        digest.update((Path(folder) / name).read_bytes())
-    return digest.hexdigest()
 
 
 class ModelMissingError(RuntimeError):

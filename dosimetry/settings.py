@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from theralake.dosimetry.auto_vois import BACKENDS as SEGMENTATION_BACKENDS
-from theralake.dosimetry.registration_ai import default_model_dir, weights_sha256
+from theralake.dosimetry.registration_files import default_model_dir, weights_sha256
 from theralake.lake import Lake
 from theralake.settings import deep_merge, load_settings
 

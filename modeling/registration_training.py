@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from theralake.dosimetry.registration_ai import default_model_dir, weights_sha256
+from theralake.dosimetry.registration_files import default_model_dir, weights_sha256
 from theralake.lake import Lake
 
 __all__ = ["EXPERIMENT", "RegistrationTraining", "default_model_dir", "register",

@@ -12,7 +12,6 @@ from theralake.dosimetry.settings import DosimetryError, record_config
 from theralake.ingest.cli import LakeOption
 from theralake.lake import Lake
 from theralake.lake.views import spect_cycles
-from theralake.pipelines.cycle import dosimetry_cycle, dosimetry_settings
 
 __all__ = ["register"]
 
@@ -36,6 +35,8 @@ def dosimetry(
     Prints each patient-cycle's quality warnings (also in the lake's ``quality`` table). The
     exit code is 1 when a patient-cycle or a VOI failed, or with --strict on any warning.
     """
+    from theralake.pipelines.cycle import dosimetry_cycle, dosimetry_settings  # torch: lazily
+
     the_lake = Lake(lake, create=False)
     try:
         settings = dosimetry_settings(the_lake, config, method=method,
