@@ -1,9 +1,11 @@
 """Each VOI's activity at each time point of a cycle, and whether that time point saw it.
 
-With ``tac_vois: own`` every VOI is measured on each time point's own SPECT: with the contours
-of that time point's CT, the segmenter's masks of it, or else the reference VOIs carried onto
-it by registering the reference CT onto it (its SPECT is never resampled, which would blur it
-by about a voxel more than the resolution the partial-volume correction assumes). With
+With ``tac_vois: own`` every contoured VOI is measured on each time point's own SPECT: with
+the contours of that time point's CT, the segmenter's masks of it, or else the reference VOIs
+carried onto it by registering the reference CT onto it (its SPECT is never resampled, which
+would blur it by about a voxel more than the resolution the partial-volume correction
+assumes). Lesions thresholded on the reference SPECT are measured on the SPECTs registered
+onto the reference grid, as their masks were found there. With
 ``tac_vois: reference`` the reference VOIs are measured on the SPECTs registered onto the
 reference grid. Partial-volume correction (GTM) uses each time point's SPECT resolution.
 
@@ -155,15 +157,24 @@ def _own_vois(inputs: CycleInputs, tp: TimePoint, ref_ct: CtImage, vois: dict[st
             own[name] = tp.ct.volume.like(mask.astype(np.uint8))
             if new:
                 out.new_rows.append(row)
-    missing = [n for n in vois if n not in own]
+    # thresholded lesions are the reference SPECT's hot spots: they stay on the reference
+    # grid (measured on the registered map), the contoured VOIs go onto this CT
+    missing = [n for n in vois if n not in own and vois[n].row.get("source") != "threshold"]
     if not missing:
         return own
     reg = registrar(tp.ct.volume, ref_ct.volume)
     out.registration_rows.append(registration_pair_row(inputs, tp.ct, ref_ct, reg,
                                                        params_hash))
+    carried = registration.resample_masks({n: vois[n].mask for n in missing}, reg.transform,
+                                          tp.ct.volume)
+    organs = np.zeros(tp.ct.volume.array.shape, bool)
+    for name, mask in [*carried.items(), *((n, m.array > 0) for n, m in own.items())]:
+        if not name.startswith("lesion_") and name != "body":
+            organs |= mask
     for name in missing:
-        voi = vois[name]
-        mask = registration.resample_mask(voi.mask, reg.transform, tp.ct.volume)
+        voi, mask = vois[name], carried[name]
+        if name.startswith("lesion_"):  # a carried lesion never takes an organ's voxels
+            mask &= ~organs
         if not mask.any():
             continue  # outside this CT: measured on the registered map
         out.new_rows.append(carried_row(inputs, name, mask, tp.ct, Contour(voi.row, voi.mask),

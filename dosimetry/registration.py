@@ -226,6 +226,31 @@ def resample_mask(mask: Volume, transform: sitk.Transform, grid: Volume) -> np.n
     return resample_labels(mask.like((mask.array > 0).astype(np.uint8)), transform, grid) > 0
 
 
+def resample_masks(masks: dict[str, Volume], transform: sitk.Transform, grid: Volume
+                   ) -> dict[str, np.ndarray]:
+    """Several masks of one grid carried onto ``grid`` (nearest neighbour), boolean: masks
+    that do not overlap share one label map, so a few resamplings carry many masks."""
+    layers: list[tuple[np.ndarray, list[str]]] = []
+    for name, mask in masks.items():
+        m = mask.array > 0
+        layer = next((lay for lay in layers if len(lay[1]) < 65535 and not (lay[0][m]).any()),
+                     None)
+        if layer is None:
+            layer = (np.zeros(m.shape, np.uint16), [])
+            layers.append(layer)
+        layer[1].append(name)
+        layer[0][m] = len(layer[1])
+    out = {}
+    like = next(iter(masks.values())) if masks else grid
+    for labels, names in layers:
+        src = sitk.Cast(like.like(labels).to_sitk(), sitk.sitkUInt16)
+        moved = sitk.GetArrayFromImage(sitk.Resample(
+            src, sitk.Cast(grid.to_sitk(), sitk.sitkUInt16), transform,
+            sitk.sitkNearestNeighbor, 0))
+        out.update({n: moved == i for i, n in enumerate(names, start=1)})
+    return out
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice similarity coefficient of two boolean masks."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)

@@ -104,7 +104,8 @@ def recommend(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     with tempfile.TemporaryDirectory() as tmp:
         predicted = _model_doses(lake, row, tmp, models, required=measured.empty)
         response = _champion_or_none(lake, "response", tmp, models)
-    budgets = [_budget(lake, voi, organ, spec, measured, predicted, rc)
+    budgets = [_budget(lake, voi, organ, spec, measured, predicted, rc,
+                       config["dosimetry_methods"])
                for organ, spec in rc["limits"].items() for voi in spec["vois"]]
     steps = np.arange(rc["activity_gbq"]["min"], rc["activity_gbq"]["max"] + 1e-9,
                       rc["activity_gbq"]["step"])
@@ -213,7 +214,7 @@ def _model_input(model: object, row: pd.DataFrame, task: str, required: bool = T
 
 
 def _budget(lake: Lake, voi: str, organ: str, spec: dict, measured: pd.DataFrame,
-            predicted: dict, rc: dict) -> VoiBudget:
+            predicted: dict, rc: dict, methods: list[str]) -> VoiBudget:
     quantity = spec["quantity"]
     ab = get_tissue(voi).alpha_beta_gy
     mine = measured[measured.voi == voi] if not measured.empty else measured
@@ -237,7 +238,7 @@ def _budget(lake: Lake, voi: str, organ: str, spec: dict, measured: pd.DataFrame
     elif voi in predicted:
         d, _, upper = predicted[voi]
         source = "the @champion dose model (upper end of its interval)"
-        k = _cohort_bed_k(lake, voi)
+        k = _cohort_bed_k(lake, voi, methods)
     else:
         raise RecommendationError(f"{voi}: no measured dose of an earlier cycle and the dose "
                                   "model does not predict it")
@@ -254,10 +255,11 @@ def _bed_k(row: pd.Series) -> float:
                               "kinetics for BED (lea_catcheside_g): re-run theralake dosimetry")
 
 
-def _cohort_bed_k(lake: Lake, voi: str) -> float:
-    """Median BED factor k of the VOI over the lake's measured cycles."""
-    df = lake.read("organ_dosimetry", "voi = ? AND lea_catcheside_g IS NOT NULL AND "
-                   "alpha_beta_gy > 0", [voi])
+def _cohort_bed_k(lake: Lake, voi: str, methods: list[str]) -> float:
+    """Median BED factor k of the VOI over the lake's measured cycles (current rows)."""
+    df = views.dosimetry(lake, methods)
+    if not df.empty:
+        df = df[(df.voi == voi) & df.lea_catcheside_g.notna() & (df.alpha_beta_gy > 0)]
     if df.empty:
         raise RecommendationError(f"{voi}: no measured kinetics in the lake to turn a "
                                   "predicted dose into BED")

@@ -133,26 +133,36 @@ def test_bad_settings_are_refused_before_any_work():
 
 
 def test_export_dose_and_vois_reopen_in_dicom_tools(cohort, result, tmp_path):
+    """The RTDOSE and the RTSTRUCT of a cycle lie on the dosimetry's reference CT (one study,
+    one frame of reference; before, the RTSTRUCT went to the pre-therapy PET/CT), and read
+    back they give the lake's dose map and VOIs."""
+    import pydicom
+
+    from theralake.lake import views
     from theralake.pipelines.export import export
 
     lake, pid = cohort[:2]
     export(lake, pid, 1, "dose", "rtdose", tmp_path / "dose")
     export(lake, pid, 1, "vois", "rtstruct", tmp_path / "vois")
+    rtdose = pydicom.dcmread(tmp_path / "dose" / "RTDOSE.dcm")
+    rtstruct = pydicom.dcmread(tmp_path / "vois" / "RTSTRUCT.dcm")
+    frame = rtstruct.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
+    assert rtdose.FrameOfReferenceUID == frame and rtdose.StudyInstanceUID == \
+        rtstruct.StudyInstanceUID
     back = Lake(tmp_path / "back")
     report = ingest(tmp_path / "dose", back, IngestOptions(show_progress=False), PSEUDO)
     report2 = ingest(tmp_path / "vois", back, IngestOptions(show_progress=False), PSEUDO)
     assert report.skipped == [] and report2.skipped == []
     dose_row = back.read("images", "modality = 'RTDOSE'").iloc[0]
-    ours = lake.read("dose_maps", "quantity = 'dose'").sort_values("created_utc").iloc[-1]
-    got, want = Volume.from_row(dose_row.to_dict()), Volume.from_row(ours.to_dict())
+    ours = views.dose_map(lake, pid, 1)
+    got, want = Volume.from_row(dose_row.to_dict()), Volume.from_row(ours)
     assert got.same_grid(want)
     assert np.allclose(got.array, want.array, rtol=1e-5, atol=want.array.max() * 1e-8)
-    ref_ct = lake.read("images", "patient_id = ? AND cycle = 1 AND kind = 'ct'", [pid]
-                       ).sort_values("time_h").iloc[0]
-    original = lake.read("vois", "image_id = ? AND voi = 'liver'", [ref_ct.id]).iloc[0]
+    used = views.dosimetry_vois(lake, pid, 1).set_index("voi")
+    assert used.loc["liver", "image_id"] == ours["reference_ct_id"]
     reread = back.read("vois", "voi = 'liver'").iloc[0]
     assert np.array_equal(Volume.from_row(reread.to_dict()).array,
-                          Volume.from_row(original.to_dict()).array)
+                          Volume.from_row(used.loc["liver"].to_dict()).array)
 
 
 def test_ai_registration_is_selectable_and_pinned_by_its_weights(cohort, tmp_path):

@@ -233,3 +233,25 @@ def test_the_command_prints_the_warnings_and_strict_fails_on_them(case):
     assert f"{pid} cycle 1:" in done.output and "quality warn" in done.output
     assert "WARN organ_missing: lacrimal_gland_left" in done.output
     assert CliRunner().invoke(app, [*args, "--strict"]).exit_code == 1
+
+
+@pytest.mark.parametrize("case", ["dicom-1tp"], indirect=True)
+def test_an_empty_contour_and_a_voi_no_spect_sees_are_flagged(case):
+    from theralake.dosimetry.cycle_io import Contour
+
+    _, lake, pid, _, _ = case
+    inputs = read_cycle(lake, pid, 1)
+    tp = inputs.time_points[0]
+    liver = tp.ct.contours["liver"]
+    tp.ct.contours["liver"] = Contour(liver.row, liver.mask.like(np.zeros_like(liver.mask.array)))
+    inputs.other_cts = []
+    lower = tp.spect.shape_xyz[2] // 2  # keep the lower half of the SPECT: no head, no neck
+    tp.spect = tp.spect.crop((slice(0, lower), slice(None), slice(None)))
+    res = compute_cycle(inputs, _settings())
+    found = {(f.check, f.voi): f for f in res.findings}
+    assert found[("contour_unused", "liver")].status == "warn"
+    assert "empty" in found[("contour_unused", "liver")].message
+    assert found[("voi_outside_fov", "parotid_gland_left")].status == "fail"
+    assert "parotid_gland_left" not in {r["voi"] for r in res.organ_rows}
+    assert res.status == "fail"
+    assert "kidney_left" in {r["voi"] for r in res.organ_rows}  # the rest goes on

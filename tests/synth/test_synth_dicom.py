@@ -45,7 +45,7 @@ def test_tables_and_mapping(dicom_cohort: Path) -> None:
                                      "administration_datetime", "pharmaceutical", "purpose"]
     assert set(adm.purpose) == {"therapy", "diagnostic"}
     cal = pd.read_csv(out / "calibration.csv")
-    assert list(cal.columns) == ["camera", "nuclide", "cps_per_mbq"]
+    assert list(cal.columns) == ["camera", "nuclide", "cps_per_mbq", "fwhm_mm"]
     for t in ("vois", "kinetics", "activity", "dosimetry", "partial_volume", "poses"):
         assert len(pd.read_parquet(out / "truth" / f"{t}.parquet")) > 0
     dos = pd.read_parquet(out / "truth" / "dosimetry.parquet")
