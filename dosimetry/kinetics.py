@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 LN2 = math.log(2.0)
+#: the trapezoid's logarithmic segments: a fall to at least this fraction of the value before
+LOG_DOWN_MIN_RATIO = 0.01
 MODELS = ("mono", "bi", "tri", "trapezoid")
 PARAM_NAMES = {
     "mono": ("a0_mbq", "lambda_washout_per_h"),
@@ -170,7 +172,7 @@ class TacFit:
             if self.extra.get("segments") == "log-down":  # exponential where it falls
                 k = np.clip(np.searchsorted(tt, t) - 1, 0, len(tt) - 2)
                 a0, a1 = aa[k], aa[k + 1]
-                falling = (a1 < a0) & (a1 > 0) & (t >= tt[0])
+                falling = (a1 < a0) & (a1 >= LOG_DOWN_MIN_RATIO * a0) & (t >= tt[0])
                 frac = (t - tt[k]) / (tt[k + 1] - tt[k])
                 expo = a0 * np.power(np.where(falling, a1 / np.where(a0 > 0, a0, 1), 1.0), frac)
                 inside = np.where(falling, expo, inside)
@@ -421,7 +423,9 @@ def _segment_areas(t: np.ndarray, act: np.ndarray, segments: str) -> np.ndarray:
     if segments == "linear":
         return lin
     a0, a1 = act[:-1], act[1:]
-    down = (a1 < a0) & (a1 > 0)
+    # within two decades: a curve that falls to about nothing (a value clipped at zero) is
+    # no exponential to follow, and its logarithm would make the area's uncertainty explode
+    down = (a1 < a0) & (a1 >= LOG_DOWN_MIN_RATIO * a0)
     ratio = np.where(down, a0 / np.where(a1 > 0, a1, 1.0), 1.0)
     log = np.where(down, (a0 - a1) * np.diff(t) / np.log(np.where(down, ratio, 2.0)), lin)
     return np.where(down, log, lin)

@@ -29,6 +29,8 @@ __all__ = ["Integration", "PopulationHalfLife", "integrate", "population_half_li
            "voi_class"]
 
 LN2 = math.log(2.0)
+#: a TIA whose standard uncertainty exceeds this share of it is a quality warning
+MAX_RELATIVE_SD = 0.5
 #: Hänscheid's approximation is within 10 % for t between these multiples of T_eff
 HANSCHEID_WINDOW = (0.75, 2.5)
 
@@ -113,6 +115,10 @@ def integrate(time_h: np.ndarray, activity_mbq: np.ndarray, voi: str, settings: 
                                  decay_constant_per_h=decay_constant_per_h,
                                  segments=fit.extra.get("segments", "linear"))
         sd = again.tia_sd_mbq_h if math.isfinite(again.tia_sd_mbq_h) else None
+    if sd is not None and sd > MAX_RELATIVE_SD * fit.tia_mbq_h:
+        findings.append(Finding("tia_uncertain", "warn", f"TIA {fit.tia_mbq_h:.4g} ± {sd:.3g} "
+                                f"MBq·h: the standard uncertainty exceeds "
+                                f"{100 * MAX_RELATIVE_SD:.0f} %", voi, sd / fit.tia_mbq_h))
     if not fit.plausible:
         findings.append(Finding("fit_implausible", "warn", f"{fit.model} fit of {t.size} time "
                                 f"points failed its plausibility checks ({'; '.join(fit.reasons)}"
