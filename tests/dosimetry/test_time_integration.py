@@ -88,8 +88,10 @@ def test_an_implausible_fit_is_a_finding():
     t = np.array([1.0, 4.0, 24.0, 48.0, 96.0])
     a = np.array([5.0, 60.0, 3.0, 55.0, 1.0])  # no exponential shape at all
     res = integrate(t, a, "spleen", SETTINGS, LAM_LU, None, "Lu-177")
-    assert not res.plausible and res.findings[0].check == "fit_implausible"
-    assert res.findings[0].status == "warn"
+    found = {f.check: f for f in res.findings}
+    assert not res.plausible and found["fit_implausible"].status == "warn"
+    assert found["tia_uncertain"].value == pytest.approx(res.tia_sd_mbq_h / res.tia_mbq_h)
+    assert found["tia_uncertain"].value > 0.5
 
 
 def test_sphere_recovery_matches_a_monte_carlo():
