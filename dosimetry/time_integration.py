@@ -102,6 +102,8 @@ def integrate(time_h: np.ndarray, activity_mbq: np.ndarray, voi: str, settings: 
     t, a = np.asarray(time_h, float), np.asarray(activity_mbq, float)
     if t.size == 0:
         raise ValueError("no usable time point")
+    if not np.any(a > 0):
+        raise ValueError(f"no activity measured in it at {', '.join(f'{x:g} h' for x in t)}")
     if t.size == 1:
         return _single(float(t[0]), float(a[0]), voi, settings, pharmaceutical, nuclide)
     sel = kinetics.select_tac_model(t, a, tuple(settings["tac_models"]),

@@ -255,3 +255,21 @@ def test_an_empty_contour_and_a_voi_no_spect_sees_are_flagged(case):
     assert "parotid_gland_left" not in {r["voi"] for r in res.organ_rows}
     assert res.status == "fail"
     assert "kidney_left" in {r["voi"] for r in res.organ_rows}  # the rest goes on
+
+
+@pytest.mark.parametrize("case", ["dicom-1tp"], indirect=True)
+def test_a_voi_without_activity_fails_alone(case):
+    from theralake.dosimetry.voi_activity import mask_on
+
+    _, lake, pid, _, _ = case
+    inputs = read_cycle(lake, pid, 1)
+    tp = inputs.time_points[0]
+    inputs.other_cts = []
+    spleen = mask_on(tp.ct.contours["spleen"].mask, tp.spect)
+    tp.spect = tp.spect.like(np.where(spleen, 0.0, tp.spect.array).astype(np.float32))
+    res = compute_cycle(inputs, _settings(partial_volume={"method": "none"}))
+    failed = [f for f in res.findings if f.status == "fail" and f.check != "cycle"]
+    assert [(f.check, f.voi) for f in failed] == [("tia_failed", "spleen")]
+    assert "no activity measured" in failed[0].message and res.status == "fail"
+    assert "spleen" not in {r["voi"] for r in res.organ_rows}
+    assert {"liver", "kidney_left"} <= {r["voi"] for r in res.organ_rows}
