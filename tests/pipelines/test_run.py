@@ -137,6 +137,13 @@ def _wait_for(cond, timeout: float, proc: subprocess.Popen, output: Path) -> Non
         time.sleep(0.3)
 
 
+def _done(lake_path: Path, step: str) -> bool:
+    """Whether a task of ``step`` is done, from one read of the log (two reads may list the
+    rows in different orders, and their columns must not be mixed)."""
+    log = _log(lake_path)
+    return bool(((log.step == step) & (log.status == "done")).any())
+
+
 def test_killed_worker_is_retried_and_a_crashed_run_resumes_to_the_same_lake(
         reference: Lake, cohort: Path, tmp_path: Path):
     lake_path = tmp_path / "lake"
@@ -153,8 +160,7 @@ def test_killed_worker_is_retried_and_a_crashed_run_resumes_to_the_same_lake(
                    if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
         assert workers, "no worker process found"
         os.kill(workers[0], signal.SIGKILL)
-        _wait_for(lambda: ((_log(lake_path).step == "dosimetry")
-                           & (_log(lake_path).status == "done")).any(), 240, proc, output)
+        _wait_for(lambda: _done(lake_path, "dosimetry"), 240, proc, output)
         os.killpg(proc.pid, signal.SIGKILL)  # the whole run crashes
         proc.wait(30)
     finally:
