@@ -176,7 +176,7 @@ def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | No
     earlier = _earlier_bed(inputs, settings["method"])
     for name, voi in vois.items():
         _voi_rows(inputs, name, voi, times, maps, measured, tia_map, dose_map, kernel, density,
-                  density_ct, grid, nuclide.name, settings, spect_ids, earlier, result)
+                  density_ct, grid, nuclide, settings, spect_ids, earlier, result)
     clock = result.lap("VOI TACs, fits, doses", clock)
     result.map_rows = [
         dose_map_row(inputs.patient_id, inputs.cycle, q, m, u, v, ref.ct.row, spect_ids, chash)
@@ -211,7 +211,11 @@ def _extent(vol: Volume) -> tuple[np.ndarray, np.ndarray]:
 def _protocol_findings(points: list[TimePoint], ref_index: int, settings: dict
                        ) -> list[Finding]:
     """What the protocol itself means for the numbers."""
-    out = []
+    out = [Finding("ct_paired_by_time", "warn", f"the {p.time_h:g} h SPECT has no CT of its "
+                   f"frame of reference: paired with the CT acquired at {p.ct.row['time_h']:g} "
+                   "h (its VOIs and attenuation may not match)", image_id=p.spect_row["id"])
+           for p in points if p.ct.row.get("frame_of_reference_key")
+           != p.spect_row.get("frame_of_reference_key")]
     if len(points) == 1:
         stp = settings["single_time_point"]["method"]
         out.append(Finding("single_time_point", "pass", f"one SPECT/CT ({points[0].time_h:g} "
@@ -339,7 +343,7 @@ def _earlier_bed(inputs: CycleInputs, method: str) -> dict[str, tuple[float, flo
 def _voi_rows(inputs: CycleInputs, name: str, voi: Voi, times: np.ndarray, maps: np.ndarray,
               measured: Measured, tia_map: np.ndarray, dose_map: np.ndarray,
               kernel: object | None, density: np.ndarray, density_ct: np.ndarray, grid: Volume,
-              nuclide: str, settings: dict, spect_ids: list[str],
+              nuclide: object, settings: dict, spect_ids: list[str],
               earlier: dict[str, tuple[float, float]], result: CycleResult) -> None:
     """The TIA, dose, BED and rows of one VOI, or the finding that says why there are none."""
     q = settings["quality"]
@@ -373,10 +377,10 @@ def _voi_rows(inputs: CycleInputs, name: str, voi: Voi, times: np.ndarray, maps:
                                        "it: no TIA", name))
         return
     pharmaceutical = inputs.administration.get("pharmaceutical")
-    decay = get_nuclide(nuclide).decay_constant_per_h
+    decay = nuclide.decay_constant_per_h
     try:
         tia = integrate(times[usable], tac[usable], name, settings, decay, pharmaceutical,
-                        nuclide)
+                        nuclide.name)
         raw_tac = maps[:, mask].sum(axis=1)
         if not usable.all():  # the map's voxels saw no activity there: scale to the VOI's TIA
             raw = float(tia_map[mask].sum())
@@ -384,7 +388,7 @@ def _voi_rows(inputs: CycleInputs, name: str, voi: Voi, times: np.ndarray, maps:
             raw = None
         else:
             raw = integrate(times, raw_tac, name, settings, decay, pharmaceutical,
-                            nuclide).tia_mbq_h
+                            nuclide.name).tia_mbq_h
     except ValueError as exc:
         result.findings.append(Finding("tia_failed", "fail", str(exc), name))
         return
@@ -392,7 +396,8 @@ def _voi_rows(inputs: CycleInputs, name: str, voi: Voi, times: np.ndarray, maps:
     result.fits[name] = tia
     mass_g = float((density_ct * voi.mask.array).sum() * voi.mask.voxel_volume_ml)
     dose = voi_dose(settings["method"], dose_map, tia_map, mask, density, grid.voxel_volume_ml,
-                    mass_g, tia, raw, kernel, nuclide, name, settings["s_table"], correction)
+                    mass_g, tia, raw, kernel, nuclide.name, name, settings["s_table"],
+                    correction)
     bed = bed_of(name, dose.dose_gy, tia)
     chash = result.params_hash
     for t, a, ok, tp in zip(times, tac, usable, inputs.time_points, strict=True):

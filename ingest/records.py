@@ -8,7 +8,7 @@ from theralake.ingest.dicom_images import PendingImage
 from theralake.ingest.pseudonym import Pseudonymizer
 from theralake.ingest.radiopharm import Administration
 from theralake.ingest.timeline import PatientTimeline
-from theralake.lake import Volume, stable_hash
+from theralake.lake import Volume, rows, stable_hash
 
 
 def image_row(im: PendingImage, timeline: PatientTimeline | None, pseudo: Pseudonymizer) -> dict:
@@ -36,27 +36,13 @@ def image_row(im: PendingImage, timeline: PatientTimeline | None, pseudo: Pseudo
     return row
 
 
-#: ``vois.source`` of the VOIs that come from the user's data (not computed by theralake)
-IMPORTED_VOI_SOURCES = ("rtstruct", "seg", "nifti")
-
-
 def voi_row(raw_patient_id: str, voi: str, source_name: str, mask: np.ndarray, grid: Volume,
             source: str, pseudo: Pseudonymizer, reference: dict | None,
             frame_of_reference_uid: str | None) -> dict:
-    pid = pseudo.patient_id(raw_patient_id)
-    vol = grid.like(mask.astype(np.uint8))
-    ref_id = reference["id"] if reference else None
-    row = {
-        "patient_id": pid, "voi": voi, "image_id": ref_id,
-        "cycle": reference.get("cycle") if reference else None,
-        "time_h": reference.get("time_h") if reference else None,
-        "source": source, "source_name": source_name,
-        "voxel_count": int(mask.sum()), "volume_ml": float(mask.sum()) * grid.voxel_volume_ml,
-        "frame_of_reference_key": pseudo.uid(frame_of_reference_uid),
-        **vol.geometry_columns(),
-    }
-    row["id"] = vol.content_hash(pid, voi, ref_id, source)
-    return row
+    """A ``vois`` row of an imported contour (on its reference image's grid, or its own)."""
+    return rows.voi_row(pseudo.patient_id(raw_patient_id), voi, grid.like(mask), reference,
+                        source, source_name,
+                        frame_of_reference_key=pseudo.uid(frame_of_reference_uid))
 
 
 def administration_row(a: Administration, timeline: PatientTimeline,

@@ -33,7 +33,8 @@ def voi_row(patient_id: str, voi: str, mask: Volume, image: Mapping | None, sour
             source_name: str | None, *, frame_of_reference_key: str | None = None,
             input_ids: Iterable[str] = (), params_hash: str | None = None,
             key: Iterable[object] = ()) -> dict:
-    """A ``vois`` row: ``mask`` on the grid of ``image`` (None: on its own grid)."""
+    """A ``vois`` row: ``mask`` on the grid of ``image`` (None: on its own grid); its frame of
+    reference is ``frame_of_reference_key`` when given, else the image's."""
     image = dict(image or {})
     binary = mask.like((np.asarray(mask.array) > 0).astype(np.uint8))
     count = int(binary.array.sum())
@@ -41,8 +42,8 @@ def voi_row(patient_id: str, voi: str, mask: Volume, image: Mapping | None, sour
            "cycle": image.get("cycle"), "time_h": image.get("time_h"), "source": source,
            "source_name": source_name, "volume_ml": count * binary.voxel_volume_ml,
            "voxel_count": count,
-           "frame_of_reference_key": image.get("frame_of_reference_key")
-           or frame_of_reference_key,
+           "frame_of_reference_key": frame_of_reference_key
+           or image.get("frame_of_reference_key"),
            **binary.geometry_columns(), "input_ids": list(input_ids), "params_hash": params_hash}
     row["id"] = binary.content_hash(patient_id, voi, image.get("id"), source, *key)
     return _checked("vois", row)

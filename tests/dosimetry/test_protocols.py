@@ -273,3 +273,14 @@ def test_a_voi_without_activity_fails_alone(case):
     assert "no activity measured" in failed[0].message and res.status == "fail"
     assert "spleen" not in {r["voi"] for r in res.organ_rows}
     assert {"liver", "kidney_left"} <= {r["voi"] for r in res.organ_rows}
+
+
+@pytest.mark.parametrize("case", ["dicom-1tp"], indirect=True)
+def test_a_spect_paired_with_a_ct_by_time_is_flagged(case):
+    _, lake, pid, _, _ = case
+    inputs = read_cycle(lake, pid, 1)
+    inputs.time_points[0].spect_row["frame_of_reference_key"] = "another frame"
+    res = compute_cycle(inputs, _settings())
+    found = [f for f in res.findings if f.check == "ct_paired_by_time"]
+    assert len(found) == 1 and found[0].status == "warn"
+    assert "paired with the CT" in found[0].message
