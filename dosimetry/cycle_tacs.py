@@ -33,6 +33,7 @@ from theralake.dosimetry.cycle_vois import (
 from theralake.dosimetry.quality import Finding
 from theralake.dosimetry.voi_activity import voi_activities_mbq
 from theralake.lake import Volume
+from theralake.lake.volume import bounding_box
 
 __all__ = ["Measured", "fov_fraction", "measure_tacs"]
 
@@ -60,14 +61,12 @@ def _inside(world: np.ndarray, image: Volume) -> np.ndarray:
 
 
 def _corners(mask: Volume) -> np.ndarray | None:
-    nz = np.nonzero(mask.array)
-    if not nz[0].size:
+    """The world positions of the corners of a mask's bounding box (voxel centres)."""
+    box = bounding_box(mask.array)
+    if box is None:
         return None
-    lo = [int(a.min()) for a in nz[::-1]]  # x, y, z
-    hi = [int(a.max()) for a in nz[::-1]]
-    return mask.index_to_world(np.array([[i, j, k] for i in (lo[0], hi[0])
-                                         for j in (lo[1], hi[1]) for k in (lo[2], hi[2])],
-                                        float))
+    z, y, x = ((b.start, b.stop - 1) for b in box)
+    return mask.index_to_world(np.array([[i, j, k] for i in x for j in y for k in z], float))
 
 
 def fov_fraction(mask: Volume, image: Volume, transform: object | None = None) -> float:
