@@ -56,6 +56,7 @@ from theralake.lake.rows import (
     registration_row,
     tac_row,
 )
+from theralake.lake.views import bed_sums
 
 __all__ = ["CycleResult", "compute_cycle", "default_registrar"]
 
@@ -173,7 +174,7 @@ def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | No
     result.registration_rows.extend(measured.registration_rows)
     result.findings.extend(measured.findings)
     spect_ids = [p.spect_row["id"] for p in points]
-    earlier = _earlier_bed(inputs, settings["method"])
+    earlier = bed_sums(inputs.earlier, settings["method"])
     for name, voi in vois.items():
         _voi_rows(inputs, name, voi, times, maps, measured, tia_map, dose_map, kernel, density,
                   density_ct, grid, nuclide, settings, spect_ids, earlier, result)
@@ -328,16 +329,6 @@ def _voxel_maps(times: np.ndarray, maps: np.ndarray, density: np.ndarray, grid: 
     result.tia = grid.like(tia_map.astype(np.float32))
     result.dose = grid.like(dose_map.astype(np.float32))
     return tia_map, dose_map, kernel
-
-
-def _earlier_bed(inputs: CycleInputs, method: str) -> dict[str, tuple[float, float]]:
-    """Per VOI, BED and EQD2 summed over the earlier cycles of this method."""
-    df = inputs.earlier
-    if df.empty:
-        return {}
-    mine = df[df.method == method]
-    return {voi: (float(g.bed_gy.sum()), float(g.eqd2_gy.sum()))
-            for voi, g in mine.groupby("voi")}
 
 
 def _voi_rows(inputs: CycleInputs, name: str, voi: Voi, times: np.ndarray, maps: np.ndarray,

@@ -26,7 +26,7 @@ from theralake.lake.store import Lake, stable_hash
 
 __all__ = [
     "IMPORTED_VOI_SOURCES", "SOURCE_RANK", "CycleRows", "current", "current_run",
-    "cycle_rows", "cycle_input_ids", "dose_map", "dosimetry", "dosimetry_vois", "earlier_bed",
+    "cycle_rows", "cycle_input_ids", "dose_map", "dosimetry", "dosimetry_vois", "bed_sums",
     "frame_ct", "newest_first", "pre_therapy_pet",
     "pair_time_points", "preferred_dosimetry", "quality", "reference_ct", "reference_index",
     "spect_cycles", "therapy_administration", "therapy_administrations", "vois_on_image",
@@ -80,15 +80,12 @@ def dosimetry(lake: Lake, methods: Sequence[str], patient_id: str | None = None,
     return preferred_dosimetry(lake.read("organ_dosimetry", where, params), methods)
 
 
-def earlier_bed(lake: Lake, patient_id: str, cycle: int, method: str
-                ) -> dict[str, tuple[float, float]]:
-    """Per VOI, BED and EQD2 summed over the cycles before ``cycle`` (current run of each,
-    this method)."""
-    rows = lake.read("organ_dosimetry", "patient_id = ? AND cycle < ? AND method = ?",
-                     [patient_id, cycle, method])
-    rows = current_run(rows)
+def bed_sums(rows: pd.DataFrame, method: str) -> dict[str, tuple[float, float]]:
+    """Per VOI, BED and EQD2 summed over the cycles of ``organ_dosimetry`` rows (the current
+    run of each cycle, this method): what a later cycle adds its own to."""
+    mine = current_run(rows[rows.method == method]) if not rows.empty else rows
     return {voi: (float(g.bed_gy.sum()), float(g.eqd2_gy.sum()))
-            for voi, g in rows.groupby("voi")}
+            for voi, g in mine.groupby("voi")} if not mine.empty else {}
 
 
 def quality(lake: Lake, patient_id: str | None = None, cycle: int | None = None,

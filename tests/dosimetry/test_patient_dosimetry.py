@@ -189,9 +189,14 @@ def test_ai_registration_is_selectable_and_pinned_by_its_weights(cohort, tmp_pat
 
 
 def test_cumulative_bed_sums_the_newest_result_of_each_earlier_cycle(tmp_path):
-    from theralake.lake.views import earlier_bed as _earlier_bed
+    from theralake.lake.views import bed_sums
 
     lake = Lake(tmp_path / "lake")
+
+    def _earlier_bed(lake: Lake, patient_id: str, cycle: int, method: str) -> dict:
+        return bed_sums(lake.read("organ_dosimetry", "patient_id = ? AND cycle < ?",
+                                  [patient_id, cycle]), method)
+
     assert _earlier_bed(lake, "P1", 2, "ldm") == {}
 
     def row(cycle: int, bed: float, run: str) -> dict:
