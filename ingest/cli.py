@@ -30,17 +30,21 @@ def register(app: typer.Typer) -> None:
             help="exit 0 even when inputs were skipped")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress, no summary "
                                             "unless something was skipped")] = False,
+        new_key: Annotated[bool, typer.Option(
+            "--new-key", help="create the pseudonymisation key file if it is missing (a new "
+            "lake); a lake made with another key is refused")] = False,
     ) -> None:
         """Ingest DICOM (CT, PT, NM, RTSTRUCT, SEG, RTDOSE), NIfTI + sidecars and CSV tables."""
         if quiet:
             logging.getLogger("theralake").setLevel(logging.ERROR)
         try:
             report = ingest(path, Lake(lake), IngestOptions(
-                calibration_cps_per_mbq, calibration, mapping, show_progress=not quiet))
+                calibration_cps_per_mbq, calibration, mapping, show_progress=not quiet,
+                new_key=new_key))
         except FileNotFoundError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        if not quiet or report.skipped:
+        if not quiet or report.skipped or report.warnings:
             typer.echo(report.summary())
         if report.skipped and not keep_going:
             raise typer.Exit(1)

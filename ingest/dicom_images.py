@@ -27,8 +27,8 @@ from theralake.ingest.frames import (
     single_frame,
     stack,
 )
-from theralake.ingest.pseudonym import identifying_values, scrub_text
 from theralake.ingest.radiopharm import Administration, administration_from_dicom, decay_factor
+from theralake.ingest.scrub import identifying_values
 from theralake.lake import Volume
 
 IMAGE_MODALITIES = {"CT": "ct", "PT": "pet", "NM": "spect", "RTDOSE": "dose", "MR": "mr"}
@@ -59,6 +59,27 @@ class PendingImage:
     age_y: float | None = None
     height_m: float | None = None
     source_digest: list[str] = field(default_factory=list)
+    #: the source's identifying values (names, IDs, dates...), scrubbed from free text
+    identifiers: list[str] = field(default_factory=list)
+
+
+#: the kinds whose voxels are measurements: a NaN or an infinity in them is refused
+QUANTITATIVE_KINDS = ("ct", "pet", "spect", "dose", "mr")
+
+
+def require_finite(voxels: np.ndarray, label: str) -> None:
+    """Refuse an image with voxels that are not finite numbers (NaN, infinity).
+
+    Raises:
+        IngestError: naming the file and how many voxels are not finite.
+    """
+    array = np.asanyarray(voxels)
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise IngestError(label, f"{bad} of {array.size} voxels are not finite numbers (NaN or "
+                                 "infinite); a quantitative image must be measured everywhere")
 
 
 def _demographics(ds: Dataset) -> dict:
@@ -117,8 +138,8 @@ def read_image_series(series: Series, calibration: CalibrationTable) -> PendingI
         kind=IMAGE_MODALITIES[series.modality], units="", volume=volume,
         acquired=acquisition_datetime(ds), source_label=series.label, series_uid=series.uid,
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID") or "") or None,
-        description=scrub_text(str(ds.get("SeriesDescription") or "") or None,
-                               identifying_values(ds)), **_demographics(ds))
+        description=str(ds.get("SeriesDescription") or "") or None,
+        identifiers=identifying_values(ds), **_demographics(ds))
     if not image.raw_patient_id:
         raise IngestError(series.label, "no PatientID")
     if series.modality == "CT":

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def printable(text: object) -> str:
+    """``text`` as valid UTF-8: a file name's undecodable bytes (any encoding) as ``\\xNN``."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class IngestError(ValueError):
     """An input that cannot be ingested; the batch skips it and goes on."""
 
     def __init__(self, source: str | Path, problem: str):
-        self.source = str(source)
-        self.problem = problem
-        super().__init__(f"{source}: {problem}")
+        self.source = printable(source)
+        self.problem = printable(problem)
+        super().__init__(f"{self.source}: {self.problem}")

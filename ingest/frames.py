@@ -40,10 +40,36 @@ def _floats(value, n: int, what: str, source: Path) -> np.ndarray:  # noqa: ANN0
 def _pixels(ds: Dataset, source: Path) -> np.ndarray:
     if "PixelData" not in ds:
         raise IngestError(source, "no pixel data (not an image object)")
+    check_pixel_length(ds, source)
     try:
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoders raise many kinds
         raise IngestError(source, f"pixel data cannot be decoded ({exc})") from exc
+
+
+def check_pixel_length(ds: Dataset, source: Path) -> None:
+    """Refuse native (uncompressed) pixel data whose length is not Rows x Columns x frames x
+    samples x bits: read anyway, its planes would be cut or shifted without a word.
+
+    Raises:
+        IngestError: naming the file, the length found and the length the header gives.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise IngestError(source, f"image geometry unreadable ({exc})") from exc
+    expected = (rows * cols * frames * samples * bits + 7) // 8
+    found = len(ds.PixelData)
+    if found not in (expected, expected + expected % 2):
+        raise IngestError(source, f"pixel data holds {found} bytes, but Rows {rows} x Columns "
+                                  f"{cols} x {frames} frame(s) x {samples} sample(s) x {bits} "
+                                  f"bits make {expected}: the header does not describe the image")
 
 
 def _rescale(pixels: np.ndarray, slope: float, intercept: float) -> np.ndarray:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
-from theralake.ingest.dicom_images import PendingImage
+from theralake.ingest.dicom_images import PendingImage, require_finite
 from theralake.ingest.errors import IngestError
-from theralake.ingest.pseudonym import scrub_text
 from theralake.ingest.radiopharm import (
     HALF_LIFE_H,
     Administration,
@@ -64,12 +65,33 @@ def read_sidecar(path: Path) -> dict:
     for key in ("PatientID", "Modality", "Units"):
         if key not in meta:
             raise IngestError(side, f"sidecar lacks {key}")
+    if not str(meta["PatientID"]).strip():
+        raise IngestError(side, "PatientID is empty")
+    _check_numbers(meta, side)
     if meta["Modality"] not in UNITS:
         raise IngestError(side, f"Modality {meta['Modality']!r} not one of {sorted(UNITS)}")
     if meta["Units"] not in UNITS[meta["Modality"]]:
         raise IngestError(side, f"Units {meta['Units']!r} not valid for {meta['Modality']} "
                                 f"(expected {' or '.join(sorted(UNITS[meta['Modality']]))})")
     return meta
+
+
+#: sidecar keys that hold a number
+NUMERIC_KEYS = ("InjectedActivityMBq", "PatientWeightKg", "CalibrationFactorCpsPerMBq",
+                "AcquisitionDurationS", "ResolutionFwhmMm")
+
+
+def _check_numbers(meta: dict, side: Path) -> None:
+    for key in NUMERIC_KEYS:
+        value = meta.get(key)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise IngestError(side, f"{key}: expected a finite number, got {value!r}")
 
 
 def _when(meta: dict, key: str, side: Path) -> datetime | None:
@@ -100,6 +122,14 @@ def administration_from_sidecar(meta: dict, side: Path) -> Administration | None
                           "sidecar", cycle)
 
 
+def _require_finite_file(path: Path) -> None:
+    """Refuse a NIfTI file holding NaN or infinite voxels, counted in the file itself: ITK's
+    reader turns NaN into 0, which would be stored as a measured zero."""
+    image = nib.load(path)
+    if image.get_data_dtype().kind == "f":
+        require_finite(np.asanyarray(image.dataobj), str(path))
+
+
 def read_nifti(path: Path) -> PendingImage | PendingLabels:
     """A NIfTI file and its sidecar, quantified like the DICOM equivalent."""
     import SimpleITK as sitk
@@ -112,6 +142,7 @@ def read_nifti(path: Path) -> PendingImage | PendingLabels:
         raise IngestError(path, f"unreadable NIfTI ({str(exc).strip().splitlines()[-1]})") from exc
     if img.GetDimension() != 3:
         raise IngestError(path, f"expected a 3D image, got {img.GetDimension()}D")
+    _require_finite_file(path)
     vol = Volume.from_sitk(img)
     modality, units = meta["Modality"], meta["Units"]
     frame = f"nifti:{path.parent.resolve()}/{meta.get('FrameOf') or stem(path)}"
@@ -128,7 +159,8 @@ def read_nifti(path: Path) -> PendingImage | PendingLabels:
         units=units, volume=vol, acquired=acquired, source_label=str(path),
         frame_of_reference_uid=frame, administration=admin,
         nuclide=admin.nuclide if admin else None,
-        description=scrub_text(meta.get("SeriesDescription"), [str(meta["PatientID"])]),
+        description=str(meta["SeriesDescription"]) if meta.get("SeriesDescription") else None,
+        identifiers=[str(meta["PatientID"])],
         weight_kg=float(meta["PatientWeightKg"]) if meta.get("PatientWeightKg") else None)
     arr = vol.array.astype(np.float64)
     if modality in ("PT", "NM") and admin is None:

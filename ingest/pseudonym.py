@@ -6,16 +6,27 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import secrets
+import stat
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from theralake.lake import Lake
 
 log = logging.getLogger(__name__)
 
 KEY_ENV = "THERALAKE_PSEUDONYM_KEY"
 KEY_FILE_ENV = "THERALAKE_KEY_FILE"
+#: the shortest key accepted (characters): a short key lets anyone re-identify patients by
+#: hashing candidate IDs
+MIN_KEY_LENGTH = 16
+#: ``theralake.json``'s record of the key a lake's pseudonyms were made with
+FINGERPRINT_KEY = "pseudonym_key_fingerprint"
 _MAX_SHIFT_DAYS = 3650
+
+
+class PseudonymKeyError(ValueError):
+    """No usable pseudonymisation key, or not the key the lake was made with."""
 
 
 def default_key_file() -> Path:
@@ -26,30 +37,64 @@ class Pseudonymizer:
     """Maps identifiers to keyed hashes (HMAC-SHA256) so no identifier enters the lake.
 
     The key comes from ``$THERALAKE_PSEUDONYM_KEY``, else from a key file
-    (``$THERALAKE_KEY_FILE`` or ``~/.theralake/pseudonym.key``), created on first use with
-    a warning. The same key always gives the same pseudonyms; keep it secret and backed up.
+    (``$THERALAKE_KEY_FILE`` or ``~/.theralake/pseudonym.key``), which is created only when
+    ``create`` is set. The same key always gives the same pseudonyms; keep it secret and
+    backed up.
+
+    Raises:
+        PseudonymKeyError: no key, or one shorter than ``MIN_KEY_LENGTH`` characters.
     """
 
-    def __init__(self, key: bytes | str | None = None, key_file: Path | None = None):
-        if key is None:
-            key = os.environ.get(KEY_ENV) or self._key_from_file(key_file or default_key_file())
-        self._key = key.encode() if isinstance(key, str) else key
+    def __init__(self, key: bytes | str | None = None, key_file: Path | None = None, *,
+                 create: bool = False):
+        self.warnings: list[str] = []
+        where = "the given key"
+        if key is None and os.environ.get(KEY_ENV) is not None:
+            key, where = os.environ[KEY_ENV], f"${KEY_ENV}"
+        elif key is None:
+            path = Path(key_file or default_key_file())
+            key, where = self._key_from_file(path, create), str(path)
+        raw = key.encode() if isinstance(key, str) else key
+        if len(raw.strip()) < MIN_KEY_LENGTH:
+            raise PseudonymKeyError(
+                f"the pseudonymisation key ({where}) has {len(raw.strip())} characters; at least "
+                f"{MIN_KEY_LENGTH} are needed (a short key lets anyone re-identify patients)")
+        self._key = raw.strip()
 
-    @staticmethod
-    def _key_from_file(path: Path) -> str:
+    def _key_from_file(self, path: Path, create: bool) -> str:
         if path.exists():
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRGRP | stat.S_IROTH):
+                self.warnings.append(f"the pseudonymisation key {path} is readable by other "
+                                     f"users (mode {stat.S_IMODE(mode):o}); chmod 600 it")
+                log.warning("%s", self.warnings[-1])
             return path.read_text().strip()
+        if not create:
+            raise PseudonymKeyError(
+                f"no pseudonymisation key: {path} does not exist and ${KEY_ENV} is not set; "
+                "restore the key this lake's patients were pseudonymised with, or pass "
+                "--new-key to create a new key for a new lake")
         path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_hex(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(key + "\n")
-        log.warning("created a new pseudonymisation key at %s: keep it secret and back it up; "
-                    "without it the same patients get new ids", path)
+        self.warnings.append(f"created a new pseudonymisation key at {path}: keep it secret and "
+                             "back it up; without it the same patients get new ids")
+        log.warning("%s", self.warnings[-1])
         return key
 
+    @property
+    def fingerprint(self) -> str:
+        """A keyed hash of a constant: tells keys apart and reveals nothing of the key."""
+        return self._digest("key-fingerprint", "theralake")[:16]
+
+    def token(self, purpose: str, value: str, length: int = 12) -> str:
+        """A keyed pseudonym of any value (a folder name, a task key)."""
+        return self._digest(purpose, value)[:length]
+
     def _digest(self, purpose: str, value: str) -> str:
-        message = f"{purpose}:{value.strip()}".encode()
+        message = f"{purpose}:{value.strip()}".encode("utf-8", "surrogateescape")
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def patient_id(self, raw_id: str) -> str:
@@ -74,46 +119,31 @@ class Pseudonymizer:
         return when + self.date_shift(raw_id)
 
 
-#: Header keywords whose values identify a person, place or day (never stored in free text).
-IDENTIFYING_KEYWORDS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthDate",
-    "PatientBirthName", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers",
-    "AccessionNumber", "StudyID", "InstitutionName", "InstitutionAddress",
-    "InstitutionalDepartmentName", "ReferringPhysicianName", "PerformingPhysicianName",
-    "OperatorsName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "RequestingPhysician",
-    "StationName", "DeviceSerialNumber", "StudyDate", "SeriesDate", "AcquisitionDate",
-    "ContentDate", "StructureSetDate",
-)
-_DATE_LIKE = re.compile(r"\b(?:19|20)\d{2}(?:[-./]?)(?:0[1-9]|1[0-2])(?:[-./]?)"
-                        r"(?:0[1-9]|[12]\d|3[01])\b")
-REMOVED = "[removed]"
+def lake_pseudonymizer(lake: Lake, new_key: bool = False) -> Pseudonymizer:
+    """The pseudonymizer for ingesting into ``lake``: the user's key, checked against the
+    fingerprint the lake records (recorded on the first ingest).
+
+    ``new_key`` creates a missing key file, for a lake that has no key yet.
+
+    Raises:
+        PseudonymKeyError: no key; a key shorter than ``MIN_KEY_LENGTH``; or another key than
+            the one the lake's patients were pseudonymised with (the same patients would get
+            other ids).
+    """
+    recorded = lake.meta().get(FINGERPRINT_KEY)
+    pseudo = Pseudonymizer(create=new_key and recorded is None)
+    check_lake_key(lake, pseudo)
+    return pseudo
 
 
-def identifying_values(ds: object) -> list[str]:
-    """The identifying strings of a DICOM data set (names split into their components)."""
-    out: set[str] = set()
-    for key in IDENTIFYING_KEYWORDS:
-        value = ds.get(key) if hasattr(ds, "get") else None  # type: ignore[attr-defined]
-        if value in (None, ""):
-            continue
-        values = value if isinstance(value, (list, tuple)) or type(value).__name__ == \
-            "MultiValue" else [value]
-        for v in values:
-            text = str(v).strip()
-            if not text:
-                continue
-            out.add(text)
-            out.update(p.strip() for p in re.split(r"[\^\s,]+", text) if len(p.strip()) > 2)
-    return sorted(out, key=len, reverse=True)
-
-
-def scrub_text(text: str | None, identifiers: list[str] | tuple[str, ...] = ()) -> str | None:
-    """Free text (descriptions, ROI names) with identifying values and dates removed."""
-    if text is None:
-        return None
-    out = str(text)
-    for ident in identifiers:
-        if ident and len(ident) > 2:
-            out = re.sub(re.escape(ident), REMOVED, out, flags=re.I)
-    out = _DATE_LIKE.sub(REMOVED, out)
-    return out.strip() or None
+def check_lake_key(lake: Lake, pseudo: Pseudonymizer) -> None:
+    """Refuse ``pseudo`` for ``lake`` when the lake records another key's fingerprint; record
+    its fingerprint in a lake that has none."""
+    recorded = lake.meta().get(FINGERPRINT_KEY)
+    if recorded is None:
+        lake.set_meta(**{FINGERPRINT_KEY: pseudo.fingerprint})
+    elif recorded != pseudo.fingerprint:
+        raise PseudonymKeyError(
+            f"{lake.path} was pseudonymised with another key (fingerprint {recorded}; this key's "
+            f"is {pseudo.fingerprint}): its patients would get new ids. Use the lake's key "
+            f"(${KEY_ENV} or ${KEY_FILE_ENV}), or ingest into a new lake")

@@ -16,18 +16,25 @@ import pandas as pd
 from theralake.ingest import contours, segmentations
 from theralake.ingest.calibration import CalibrationTable
 from theralake.ingest.dicom_files import Series, group_series, scan
-from theralake.ingest.dicom_images import IMAGE_MODALITIES, PendingImage, read_image_series
+from theralake.ingest.dicom_images import (
+    IMAGE_MODALITIES,
+    PendingImage,
+    read_image_series,
+    require_finite,
+)
 from theralake.ingest.errors import IngestError
 from theralake.ingest.nifti import PendingLabels, read_nifti
-from theralake.ingest.pseudonym import Pseudonymizer, identifying_values, scrub_text
+from theralake.ingest.pseudonym import Pseudonymizer, check_lake_key, lake_pseudonymizer
 from theralake.ingest.radiopharm import Administration
 from theralake.ingest.records import administration_row, image_row, voi_row
+from theralake.ingest.scrub import Scrubber, identifying_values, scrub_text
 from theralake.ingest.tables import (
     MAPPING_NAMES,
     Mapping,
     read_administrations,
     read_calibration,
     read_clinical,
+    read_identifiers,
     read_outcomes,
 )
 from theralake.ingest.timeline import PatientTimeline, assign_cycles, merge_administrations
@@ -46,6 +53,8 @@ class IngestOptions:
     #: keep table rows (clinical, outcomes, administrations) only of the patients whose images
     #: are in the batch: a cohort ingested one patient folder at a time, with its tables
     imaged_patients_only: bool = False
+    #: create the pseudonymisation key file when it is missing (a new lake's first ingest)
+    new_key: bool = False
 
 
 @dataclass
@@ -54,11 +63,13 @@ class IngestReport:
 
     added: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     skipped: list[IngestError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     objects: int = 0
 
     def summary(self) -> str:
         added = ", ".join(f"{n} {t}" for t, n in sorted(self.added.items()) if n) or "nothing new"
         lines = [f"ingested {self.objects} objects: added {added}; skipped {len(self.skipped)}"]
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  skipped {e.source}: {e.problem}" for e in self.skipped]
         return "\n".join(lines)
 
@@ -100,12 +111,18 @@ def ingest(path: str | Path | Sequence[str | Path], lake: Lake,
            pseudonymizer: Pseudonymizer | None = None) -> IngestReport:
     """Ingest files and folders (recursively) into the lake, as one batch."""
     options = options or IngestOptions()
-    pseudo = pseudonymizer or Pseudonymizer()
     roots = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
-    report = IngestReport()
     for root in roots:
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
+    if options.calibration_file and not Path(options.calibration_file).is_file():
+        raise FileNotFoundError(f"{options.calibration_file}: no such calibration file")
+    if pseudonymizer is None:
+        pseudo = lake_pseudonymizer(lake, options.new_key)
+    else:
+        pseudo = pseudonymizer
+        check_lake_key(lake, pseudo)
+    report = IngestReport(warnings=list(pseudo.warnings))
     run = _Run(lake, pseudo, report)
     with _Progress(options.show_progress) as progress:
         task = progress.task("scanning files", None)
@@ -122,7 +139,7 @@ def ingest(path: str | Path | Sequence[str | Path], lake: Lake,
         structures: list[Series] = []
         for s in series:
             if s.modality in IMAGE_MODALITIES:
-                run.attempt(lambda s=s: run.images.append(read_image_series(s, calibration)),
+                run.attempt(lambda s=s: run.add_image(read_image_series(s, calibration)),
                             s.label)
             elif s.modality in ("RTSTRUCT", "SEG"):
                 structures.append(s)
@@ -166,6 +183,7 @@ class _Run:
         self.outcomes: list[dict] = []
         self.timelines: dict[str, PatientTimeline | None] = {}
         self.written: list[tuple[PendingImage, dict]] = []
+        self.scrubber = Scrubber()
 
     def attempt(self, fn, label: str) -> None:  # noqa: ANN001
         """Run one step; its failure skips that input only (unexpected errors included)."""
@@ -189,17 +207,23 @@ class _Run:
         if path is None:
             return Mapping()
         try:
-            return Mapping.load(Path(path))
+            mapping = Mapping.load(Path(path))
         except IngestError as exc:
             self.report.skipped.append(exc)
             return Mapping()
+        self.report.skipped += mapping.problems
+        return mapping
 
     def read_tables(self, others: list[Path], mapping: Mapping,
                     calibration: CalibrationTable) -> None:
-        readers = {"clinical": lambda p, s: self.clinical.extend(read_clinical(p, s)),
-                   "outcomes": lambda p, s: self.outcomes.extend(read_outcomes(p, s)),
-                   "administrations": lambda p, s: self.admins.extend(read_administrations(p, s)),
-                   "calibration": lambda p, s: calibration.merge(read_calibration(p, s))}
+        problems = self.report.skipped
+        readers = {
+            "clinical": lambda p, s: self.clinical.extend(read_clinical(
+                p, s, problems, self.report.warnings)),
+            "outcomes": lambda p, s: self.outcomes.extend(read_outcomes(p, s, problems)),
+            "administrations": lambda p, s: self.admins.extend(
+                read_administrations(p, s, problems)),
+            "calibration": lambda p, s: calibration.merge(read_calibration(p, s))}
         for p in others:
             if p.suffix.lower() != ".csv":
                 continue
@@ -209,6 +233,13 @@ class _Run:
                          "administrations* or calibration*, or map it)", p)
                 continue
             self.attempt(lambda p=p, kind=kind: readers[kind](p, mapping.spec(kind)), str(p))
+            if kind != "calibration":
+                self.attempt(lambda p=p, kind=kind: self._identifiers_of(p, mapping.spec(kind)),
+                             str(p))
+
+    def _identifiers_of(self, csv: Path, spec: dict) -> None:
+        for raw, values in read_identifiers(csv, spec).items():
+            self.scrubber.add(raw, values)
 
     def keep_patients(self, raw_ids: set[str]) -> None:
         """Drop the table rows of every other patient."""
@@ -216,8 +247,16 @@ class _Run:
         self.clinical = [r for r in self.clinical if r["raw_patient_id"] in raw_ids]
         self.outcomes = [r for r in self.outcomes if r["raw_patient_id"] in raw_ids]
 
+    def add_image(self, im: PendingImage) -> None:
+        require_finite(im.volume.array, im.source_label)
+        self.scrubber.add(im.raw_patient_id, im.identifiers)
+        self.images.append(im)
+
     def add_nifti(self, obj: PendingImage | PendingLabels) -> None:
-        (self.label_maps if isinstance(obj, PendingLabels) else self.images).append(obj)
+        if isinstance(obj, PendingLabels):
+            self.label_maps.append(obj)
+        else:
+            self.add_image(obj)
 
     # -- timelines ---------------------------------------------------------------------------
     def build_timelines(self) -> None:
@@ -259,6 +298,8 @@ class _Run:
         if not admins:
             self._write_patient(raw, None)
             return None
+        for a in admins:
+            a.pharmaceutical = self.scrubber.scrub(a.pharmaceutical, raw)
         merged = merge_administrations(admins)
         try:
             assign_cycles(merged)
@@ -296,6 +337,7 @@ class _Run:
     # -- writing ----------------------------------------------------------------------------
     def write_image(self, im: PendingImage) -> None:
         timeline = self.timelines.get(im.raw_patient_id)
+        im.description = self.scrubber.scrub(im.description, im.raw_patient_id)
         row = image_row(im, timeline, self.pseudo)
         if row["cycle"] is None and im.modality == "RTDOSE":
             ref = self._reference_for(set(), im.frame_of_reference_uid)
@@ -334,7 +376,8 @@ class _Run:
         ds, frames = (s.first, []) if s.modality == "RTSTRUCT" else \
             segmentations.read_seg(s.paths[0], s.first, s.label)
         raw = str(ds.get("PatientID", ""))
-        idents = identifying_values(ds)
+        self.scrubber.add(raw, identifying_values(ds))
+        idents = sorted(self.scrubber.identifiers(raw))
         if s.modality == "RTSTRUCT":
             frame = contours.referenced_frame_of_reference(ds)
             series_uids = set(contours.referenced_series_uids(ds))
@@ -398,20 +441,40 @@ class _Run:
                 log.warning("%s: label %d (%s) has no voxels; not ingested", lm.source_label,
                             value, name)
                 continue
-            rows.append(voi_row(lm.raw_patient_id, voi, name, mask, grid, "nifti", self.pseudo,
-                                ref_row, lm.frame_of_reference_uid))
+            rows.append(voi_row(lm.raw_patient_id, voi,
+                                self.scrubber.scrub(name, lm.raw_patient_id), mask, grid,
+                                "nifti", self.pseudo, ref_row, lm.frame_of_reference_uid))
         self.append("vois", _unique_names(rows, lm.source_label))
 
     def write_tables(self) -> None:
         for table, rows in (("clinical", self.clinical), ("outcomes", self.outcomes)):
             out = []
             for r in rows:
-                pid = self.pseudo.patient_id(r["raw_patient_id"])
+                raw = r["raw_patient_id"]
                 rec = {k: v for k, v in r.items() if k != "raw_patient_id"}
-                rec["patient_id"] = pid
+                if table == "clinical" and not self._clinical_value(rec, raw):
+                    continue
+                rec["patient_id"] = self.pseudo.patient_id(raw)
                 rec["id"] = stable_hash(table, sorted(rec.items(), key=lambda kv: kv[0]))
                 out.append(rec)
             self.append(table, out)
+
+    def _clinical_value(self, rec: dict, raw: str) -> bool:
+        """Scrub a clinical text value; turn a date into hours after the patient's reference
+        (``<variable>_h``), like every other time. False: the value cannot be stored."""
+        rec["value_text"] = self.scrubber.scrub(rec["value_text"], raw)
+        when = rec.pop("value_date", None)
+        if when is None:
+            return True
+        timeline = self.timelines.get(raw)
+        if timeline is None:
+            self.report.warnings.append(
+                f"clinical {rec['variable']} of patient {self.pseudo.patient_id(raw)}: a date, "
+                "and the patient has no administration to count hours from; not ingested")
+            return False
+        rec["variable"] = f"{rec['variable']}_h"
+        rec["value_num"] = round(timeline.hours(when), 1)
+        return True
 
 
 def _names(name: str, idents: list[str], mapping: Mapping) -> tuple[str, str | None]:

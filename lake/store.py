@@ -11,7 +11,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from theralake.lake.volume import Volume
 
 log = logging.getLogger(__name__)
 
+#: the statements ``Lake.sql`` runs: queries, never writes
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
 META_FILE = "theralake.json"
 SCHEMA_PART = "part-00000000-schema-{digest}.parquet"  # one empty part per schema version
 
@@ -58,7 +60,12 @@ class Lake:
         self.path = Path(path) if path is not None else default_lake_path()
         self.path = self.path.resolve()
         self._duck: duckdb.DuckDBPyConnection | None = None
+        self.read_only = False
+        #: called under the write lock before every part is written (a run's liveness check)
+        self.write_guard: Callable[[], None] | None = None
         meta = self.path / META_FILE
+        if self.path.exists() and not self.path.is_dir():
+            raise LakeError(f"{self.path} is a file, not a lake folder")
         if meta.exists():
             self._check_meta(meta)
         elif self.path.exists() and any(self.path.iterdir()):
@@ -72,6 +79,10 @@ class Lake:
                 {"schema_version": SCHEMA_VERSION, "theralake_version": __version__,
                  "created_utc": datetime.now(UTC).isoformat()}, indent=2).encode())
             log.info("created lake at %s", self.path)
+        self.read_only = not _writable(self.path)
+        if self.read_only:  # an archive or a read-only mount: it answers queries as it is
+            log.info("%s is read-only: opened for reading", self.path)
+            return
         self._prepare_tables()
         self.refresh_catalog()
 
@@ -103,6 +114,16 @@ class Lake:
             for tmp in (self.path / "tables").glob("*/.tmp-*"):
                 tmp.unlink(missing_ok=True)
 
+    def meta(self) -> dict:
+        """The lake's ``theralake.json``."""
+        return json.loads((self.path / META_FILE).read_text())
+
+    def set_meta(self, **values: object) -> None:
+        """Add or change keys of ``theralake.json`` (atomically, under the write lock)."""
+        with self.exclusive("write"):
+            meta = {**self.meta(), **values}
+            _atomic_write_bytes(self.path / META_FILE, json.dumps(meta, indent=2).encode())
+
     def table_dir(self, table: str) -> Path:
         if table not in SCHEMAS:
             raise LakeError(f"unknown table {table!r}; tables are {', '.join(SCHEMAS)}")
@@ -125,12 +146,23 @@ class Lake:
         """
         with _DUCK_LOCK:
             if self._duck is None:
-                self._duck = duckdb.connect()
-                self._duck.execute("SET GLOBAL parquet_metadata_cache = true")
+                self._duck = self._sandboxed(parquet_metadata_cache=True)
             return self._duck.cursor()
 
+    def _sandboxed(self, parquet_metadata_cache: bool = False) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB that can read the lake's tables and no other file, and
+        whose configuration is locked (a query cannot turn the sandbox off)."""
+        con = duckdb.connect()
+        tables = (self.path / "tables").as_posix().replace("'", "''") + "/"
+        if parquet_metadata_cache:
+            con.execute("SET GLOBAL parquet_metadata_cache = true")
+        con.execute(f"SET allowed_directories = ['{tables}']")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return con
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_duck": None}
+        return {**self.__dict__, "_duck": None, "write_guard": None}
 
     def refresh_catalog(self) -> None:
         """(Re)write ``catalog.duckdb``'s views; other tools can open it directly."""
@@ -153,15 +185,30 @@ class Lake:
         Creating a view reads the footers of the table's parts, so a caller that needs only
         some tables names them.
         """
-        con = duckdb.connect()
+        con = self._sandboxed()
         for stmt in self._view_sql(tables):
             con.execute(stmt)
         return con
 
     def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
-        """Run a query over the tables (by name, as views) and return a DataFrame."""
+        """Run a read-only query over the tables (by name, as views) and return a DataFrame.
+
+        Only queries run (SELECT, EXPLAIN), in a sandbox that reads the lake's tables and no
+        other file: no statement can change the lake or reach the file system.
+
+        Raises:
+            LakeError: the query is not read-only.
+        """
         con = self._cursor()
         try:
+            try:
+                kinds = {str(s.type).rsplit(".", 1)[-1] for s in con.extract_statements(query)}
+            except duckdb.Error as exc:
+                raise LakeError(f"unreadable query ({exc})") from exc
+            writes = sorted(kinds - set(READ_ONLY_STATEMENTS))
+            if writes:
+                raise LakeError(f"the lake answers read-only queries (SELECT) only; this query "
+                                f"has {', '.join(writes)}")
             for stmt in self._view_sql([t for t in SCHEMAS if re.search(rf"\b{t}\b", query)],
                                        temporary=True):
                 con.execute(stmt)
@@ -194,7 +241,13 @@ class Lake:
     # -- writing -------------------------------------------------------------------------
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
-        """Hold the lake's lock ``name`` (one holder at a time across processes)."""
+        """Hold the lake's lock ``name`` (one holder at a time across processes).
+
+        Raises:
+            LakeError: the lake is read-only.
+        """
+        if self.read_only:
+            raise LakeError(f"{self.path} is read-only: it can be queried, not written")
         with open(self.path / f".{name}.lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -237,6 +290,8 @@ class Lake:
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise LakeError(f"{table}: rows do not fit the schema ({exc})") from exc
             name = "part-" + stable_hash(sorted(fresh))[:24] + ".parquet"
+            if self.write_guard is not None:
+                self.write_guard()
             _atomic_write_table(data, self.table_dir(table) / name)
         log.debug("%s: %d rows appended", table, len(fresh))
         return len(fresh)
@@ -265,6 +320,15 @@ class Lake:
             return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in SCHEMAS}
         finally:
             con.close()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether the lake folder takes writes (its write lock can be opened)."""
+    try:
+        with open(folder / ".write.lock", "a+"):
+            return True
+    except OSError:
+        return False
 
 
 def _schema_digest(schema: pa.Schema) -> str:

@@ -168,6 +168,9 @@ def register(app: typer.Typer) -> None:
                           force: Annotated[bool, typer.Option(
                               "--force", help="recommend even when the dosimetry of an organ "
                               "at risk failed its quality checks")] = False,
+                          dry_run: Annotated[bool, typer.Option(
+                              "--dry-run", help="print the recommendation without writing it "
+                              "to the lake (works on a read-only lake)")] = False,
                           config: ConfigOption = None, lake: LakeOption = None) -> None:
         """Recommend the activity of the next cycle under the organ limits (champion models).
 
@@ -180,7 +183,7 @@ def register(app: typer.Typer) -> None:
         warnings.filterwarnings("ignore", category=UserWarning)
         try:
             rec = recommend(Lake(lake, create=False), patient, cycle,
-                            load_modeling_config(config), force=force)
+                            load_modeling_config(config), force=force, write=not dry_run)
         except (RecommendationError, ModelNotFoundError, LakeError) as exc:
             _fail(exc)
         if as_json:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +16,7 @@ from theralake.dosimetry.cli import register as register_dosimetry
 from theralake.features.cli import register as register_features
 from theralake.ingest.cli import LakeOption
 from theralake.ingest.cli import register as register_ingest
+from theralake.ingest.errors import printable
 from theralake.lake import Lake, LakeError
 from theralake.modeling.cli import register as register_modeling
 from theralake.modeling.registration_training import register as register_registration_training
@@ -132,6 +135,9 @@ def run_command(
         "--wait/--no-wait", help="wait for another run on this lake instead of refusing")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    new_key: Annotated[bool, typer.Option(
+        "--new-key", help="create the pseudonymisation key file if it is missing (a new lake)")
+    ] = False,
     lake: LakeOption = None,
 ) -> None:
     """Run the whole flow (or some steps) over a cohort: incremental (unchanged tasks are
@@ -148,7 +154,7 @@ def run_command(
             chosen = [s for s in settings["steps"] if s != "ingest"]
         the_lake = Lake(lake, create=source is not None)
         summary = run_pipeline(the_lake, chosen, source, engine, workers, address, settings,
-                               wait, progress=not quiet)
+                               wait, progress=not quiet, new_key=new_key)
     except LakeBusy as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from exc
@@ -186,10 +192,33 @@ def demo_command(
         raise typer.Exit(2) from exc
 
 
-def main() -> None:
+#: what a user can get wrong (a path, a file, a key, a full disk): one line, never a traceback
+USER_ERRORS = (LakeError, ValueError, OSError)
+
+
+def user_error_message(exc: BaseException) -> str:
+    """One line saying what went wrong with what."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"no space left on the device{where}; nothing half-written is visible in the "
+                "lake: free some space and run the command again")
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: a user error is one line on stderr and exit code 2 (set
+    ``THERALAKE_DEBUG=1`` for the traceback)."""
     logging.basicConfig(level=os.environ.get("THERALAKE_LOG", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s")
-    app()
+    try:
+        app(args=argv)
+    except USER_ERRORS as exc:
+        if os.environ.get("THERALAKE_DEBUG"):
+            raise
+        print(f"error: {printable(user_error_message(exc))}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

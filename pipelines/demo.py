@@ -171,7 +171,7 @@ def run_demo(options: DemoOptions) -> RunSummary:
                  "hu_density_calibration": scanner_calibration(cohort)}
     settings = load_pipeline_settings(**{**DEMO_SETTINGS, "dosimetry": {"overrides": dosimetry}})
     summary = run_pipeline(lake, None, cohort, options.engine, options.workers,
-                           settings=settings)
+                           settings=settings, new_key=True)
     t0 = time.perf_counter()
     promotions = _promote_all(lake)
     recommendations = _recommend(lake, options.cycles + 1)

@@ -6,8 +6,13 @@ failed fails without running.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
+import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -15,6 +20,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from theralake.lake import Lake
+from theralake.pipelines.lock import live_run_guard
 from theralake.pipelines.steps import Task, TaskFailed, run_task
 
 ENGINES = ("local", "ray")
@@ -47,15 +54,42 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def execute(lake_path: str, task: Task, threads: int) -> Outcome:
-    """Run one task in this process; its own failure is an outcome, never an exception."""
-    from theralake.lake import Lake
+_PR_SET_PDEATHSIG = 1
 
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker process end when the process that started it ends, however it ends:
+    the kernel's parent-death signal (Linux), and a thread watching the parent elsewhere."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was set
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def execute(lake_path: str, task: Task, threads: int, run_token: str | None = None) -> Outcome:
+    """Run one task in this process; its own failure is an outcome, never an exception.
+
+    With ``run_token`` every write first checks that this run still holds the lake's run
+    lock, so a worker that outlives its run writes nothing.
+    """
     start = datetime.now(UTC)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     set_threads(threads)
     try:
-        run_task(Lake(lake_path, create=False), task)
+        lake = Lake(lake_path, create=False)
+        if run_token is not None:
+            lake.write_guard = live_run_guard(lake.path, run_token)
+        run_task(lake, task)
         status, error = "done", None
     except TaskFailed as exc:
         status, error = "failed", str(exc)
@@ -126,12 +160,14 @@ def schedule(backend: _Backend, tasks: list[Task], capacity: int, retries: int,
 class InlineBackend(_Backend):
     """Tasks run one at a time in this process."""
 
-    def __init__(self, lake_path: str, threads: int):
+    def __init__(self, lake_path: str, threads: int, run_token: str | None = None):
         self.lake_path, self.threads, self._done = lake_path, threads, []
+        self.run_token = run_token
 
     def submit(self, task: Task) -> object:
         handle = object()
-        self._done.append((handle, execute(self.lake_path, task, self.threads)))
+        self._done.append((handle, execute(self.lake_path, task, self.threads,
+                                           self.run_token)))
         return handle
 
     def wait_any(self, handles: list[object]) -> list[tuple[object, Outcome | None]]:
@@ -140,10 +176,12 @@ class InlineBackend(_Backend):
 
 
 class LocalBackend(_Backend):
-    """A pool of worker processes; a pool broken by a dying worker is replaced."""
+    """A pool of worker processes that die with this process; a pool broken by a dying
+    worker is replaced."""
 
-    def __init__(self, lake_path: str, workers: int, threads: int):
+    def __init__(self, lake_path: str, workers: int, threads: int, run_token: str | None = None):
         self.lake_path, self.workers, self.threads = lake_path, workers, threads
+        self.run_token = run_token
         self._pool: ProcessPoolExecutor | None = None
 
     def submit(self, task: Task) -> object:
@@ -152,9 +190,11 @@ class LocalBackend(_Backend):
                 import multiprocessing
 
                 self._pool = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn"))
+                    self.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=die_with_parent, initargs=(os.getpid(),))
             try:
-                future = self._pool.submit(execute, self.lake_path, task, self.threads)
+                future = self._pool.submit(execute, self.lake_path, task, self.threads,
+                                           self.run_token)
             except BrokenProcessPool:  # a worker died since the last wait: a fresh pool
                 self._retire(self._pool)
                 continue
@@ -201,10 +241,10 @@ class RayBackend(_Backend):
     """
 
     def __init__(self, lake_path: str, workers: int, threads: int, retries: int,
-                 address: str | None = None):
+                 address: str | None = None, run_token: str | None = None):
         import ray
 
-        self.lake_path, self.threads = lake_path, threads
+        self.lake_path, self.threads, self.run_token = lake_path, threads, run_token
         self._started = not ray.is_initialized()
         if self._started:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -214,7 +254,7 @@ class RayBackend(_Backend):
         self._remote = ray.remote(num_cpus=1, max_retries=retries)(execute)
 
     def submit(self, task: Task) -> object:
-        return self._remote.remote(self.lake_path, task, self.threads)
+        return self._remote.remote(self.lake_path, task, self.threads, self.run_token)
 
     def wait_any(self, handles: list[object]) -> list[tuple[object, Outcome | None]]:
         import ray

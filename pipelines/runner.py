@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from theralake import settings as settings_io
+from theralake.ingest.errors import printable
+from theralake.ingest.pseudonym import lake_pseudonymizer
 from theralake.lake import Lake, stable_hash
 from theralake.pipelines.engines import (
     ENGINES,
@@ -76,7 +78,8 @@ def _log_row(run_id: str, engine: str, task: Task, outcome: Outcome) -> dict:
     return {"id": stable_hash("run_log", run_id, task.key, outcome.attempt, outcome.status),
             "run_id": run_id, "step": task.step, "task": task.key,
             "patient_id": task.patient_id, "cycle": task.cycle,
-            "inputs_hash": task.inputs_hash, "status": outcome.status, "error": outcome.error,
+            "inputs_hash": task.inputs_hash, "status": outcome.status,
+            "error": None if outcome.error is None else printable(outcome.error),
             "attempt": outcome.attempt, "start_utc": outcome.start_utc,
             "end_utc": outcome.end_utc, "seconds": outcome.seconds, "engine": engine,
             "worker": outcome.worker}
@@ -85,12 +88,15 @@ def _log_row(run_id: str, engine: str, task: Task, outcome: Outcome) -> dict:
 def run_pipeline(lake: Lake, steps: list[str] | None = None, source: Path | None = None,
                  engine: str = "local", workers: int = 2, address: str | None = None,
                  settings: dict | None = None, wait: bool = False,
-                 progress: bool = True) -> RunSummary:
+                 progress: bool = True, new_key: bool = False) -> RunSummary:
     """Run ``steps`` (default: the settings') over the lake's cohort (and ``source``).
+
+    ``new_key`` creates a missing pseudonymisation key file for the ingest (a new lake).
 
     Raises:
         LakeBusy: another run holds the lake and ``wait`` is False.
         ValueError: an unknown step or engine, or ingest without a source.
+        PseudonymKeyError: ingest without a usable key, or with another key than the lake's.
     """
     settings = settings or load_pipeline_settings()
     steps = list(steps or settings["steps"])
@@ -105,16 +111,18 @@ def run_pipeline(lake: Lake, steps: list[str] | None = None, source: Path | None
     threads = default_threads(workers, settings.get("threads_per_task"))
     summary = RunSummary(datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6],
                          engine, workers)
-    with run_lock(lake.path, wait=wait):
+    with run_lock(lake.path, wait=wait) as token:
+        if "ingest" in steps:  # the key once, here: the workers read the same key
+            lake_pseudonymizer(lake, new_key)
         parallel = None  # one pool (or Ray session) for every step that uses workers
         try:
             for step in steps:
                 if parallel is None and step not in SERIAL_STEPS:
                     parallel = (RayBackend(str(lake.path), workers, threads,
-                                           settings.get("retries", 2), address)
+                                           settings.get("retries", 2), address, token)
                                 if engine == "ray" else
-                                LocalBackend(str(lake.path), workers, threads))
-                backend = (InlineBackend(str(lake.path), default_threads(1))
+                                LocalBackend(str(lake.path), workers, threads, token))
+                backend = (InlineBackend(str(lake.path), default_threads(1), token)
                            if step in SERIAL_STEPS else parallel)
                 summary.steps.append(_run_step(lake, step, settings, source, backend, workers,
                                                summary, progress))

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from theralake.dosimetry.settings import config_hash, record_config
+from theralake.ingest.errors import printable
+from theralake.ingest.pseudonym import Pseudonymizer
 from theralake.lake import Lake, stable_hash
 from theralake.lake.views import cycle_input_ids
 from theralake.pipelines.cycle import dosimetry_cycle, dosimetry_settings
@@ -68,7 +71,7 @@ def files_hash(root: Path, files: list[Path]) -> str:
     """SHA-256 over the files' paths (relative to ``root``) and bytes."""
     h = hashlib.sha256()
     for f in sorted(files):
-        h.update(str(f.relative_to(root)).encode() + b"\0")
+        h.update(os.fsencode(f.relative_to(root)) + b"\0")  # a name in any encoding
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
@@ -81,26 +84,38 @@ def _ids_by_patient(lake: Lake, table: str, where: str = "TRUE") -> dict[str, li
 
 
 # -- ingest ----------------------------------------------------------------------------------
+def source_alias(pseudo: Pseudonymizer, name: str) -> str:
+    """A keyed pseudonym of a source folder's name (it often names the patient)."""
+    return "F" + pseudo.token("source-folder", name)
+
+
 def _plan_ingest(lake: Lake, settings: dict, source: Path | None) -> list[Task]:
+    """Ingest tasks keyed by the pseudonym of each folder's name, never the name itself."""
     if source is None:
         return []
     root = Path(source).resolve()
     if not root.exists():
-        raise FileNotFoundError(f"{root}: no such file or folder to ingest")
+        raise FileNotFoundError(f"{printable(root)}: no such file or folder to ingest")
+    pseudo = Pseudonymizer()
     if root.is_file():
-        return [Task("ingest", f"ingest/{root.name}", files_hash(root.parent, [root]),
-                     {"paths": [str(root)], "imaged_patients_only": False})]
+        alias = source_alias(pseudo, root.name)
+        return [Task("ingest", f"ingest/{alias}", files_hash(root.parent, [root]),
+                     {"paths": [str(root)], "imaged_patients_only": False,
+                      "root": str(root.parent), "aliases": {root.name: alias}})]
     top = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     tables_hash = files_hash(root, top)
     tasks = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = [f for f in folder.rglob("*") if f.is_file()]
-        tasks.append(Task("ingest", f"ingest/{folder.name}",
+        alias = source_alias(pseudo, folder.name)
+        tasks.append(Task("ingest", f"ingest/{alias}",
                           stable_hash("ingest", tables_hash, files_hash(root, files)),
                           {"paths": [str(folder), *map(str, top)],
-                           "imaged_patients_only": True}))
+                           "imaged_patients_only": True, "root": str(root),
+                           "aliases": {folder.name: alias}}))
     tasks.append(Task("ingest", "ingest/(tables)", stable_hash("ingest-tables", tables_hash),
-                      {"paths": [str(p) for p in top], "imaged_patients_only": False},
+                      {"paths": [str(p) for p in top], "imaged_patients_only": False,
+                       "root": str(root), "aliases": {}},
                       after=tuple(t.key for t in tasks), after_success=False))
     return tasks
 
@@ -113,7 +128,17 @@ def _run_ingest(lake: Lake, params: dict) -> None:
     report = ingest([Path(p) for p in params["paths"]], lake, IngestOptions(
         show_progress=False, imaged_patients_only=params["imaged_patients_only"]))
     if report.skipped:
-        raise TaskFailed("; ".join(f"{e.source}: {e.problem}" for e in report.skipped))
+        raise TaskFailed(pseudonymous("; ".join(f"{e.source}: {e.problem}"
+                                                for e in report.skipped), params))
+
+
+def pseudonymous(message: str, params: dict) -> str:
+    """An ingest task's message with paths relative to the source and each source folder's
+    name replaced by its pseudonym (the run log keeps no name)."""
+    out = printable(message).replace(printable(params.get("root", "")) + os.sep, "")
+    for name, alias in (params.get("aliases") or {}).items():
+        out = out.replace(printable(name), alias)
+    return out
 
 
 # -- dosimetry -------------------------------------------------------------------------------

@@ -42,8 +42,12 @@ def _version(lake: object, name: str, version: str):  # noqa: ANN202 - ModelVers
 
 
 def list_models(lake: object) -> pd.DataFrame:
-    """One row per registered version: name, version, aliases, task, model, key metrics."""
-    c = tracking.client(lake)
+    """One row per registered version: name, version, aliases, task, model, key metrics
+    (none for a read-only lake without a registry)."""
+    try:
+        c = tracking.client(lake)
+    except tracking.ModelNotFoundError:
+        return pd.DataFrame()
     rows = []
     for rm in c.search_registered_models():
         aliases = dict(getattr(rm, "aliases", None) or {})

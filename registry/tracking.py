@@ -63,11 +63,26 @@ def tracking_uri(lake: object) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    (mlflow_dir(lake) / "artifacts").mkdir(parents=True, exist_ok=True)
     uri = lake_store_uri(lake)
     if uri not in _READY:
-        _create_store(mlflow_dir(lake), uri)
+        try:
+            (mlflow_dir(lake) / "artifacts").mkdir(parents=True, exist_ok=True)
+            _create_store(mlflow_dir(lake), uri)
+        except OSError:  # a read-only lake (an archive, a read-only mount)
+            return _read_only_store(mlflow_dir(lake))
     return uri
+
+
+def _read_only_store(folder: Path) -> str:
+    """The SQLite store of a read-only lake, opened read-only.
+
+    Raises:
+        ModelNotFoundError: the lake has no store (no model was ever trained in it).
+    """
+    db = folder / "mlflow.db"
+    if not db.exists():
+        raise ModelNotFoundError(f"{folder.parent} is read-only and holds no model registry")
+    return f"sqlite:///file:{db.as_posix()}?mode=ro&uri=true"
 
 
 _READY: set[str] = set()

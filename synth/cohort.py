@@ -89,7 +89,7 @@ def write_tables(out: Path, cfg: SynthConfig, clinical: list[dict], outcomes: li
                   for c, v in sorted(CAMERAS.items())]).to_csv(out / "calibration.csv",
                                                                 index=False)
     _density_phantom().to_csv(out / "ct_density_phantom.csv", index=False)
-    mapping = {"clinical": {"file": "clinical.csv", "patient_id": "PatientID"},
+    mapping = {"clinical": {"file": "clinical.csv", "patient_id": "PatientID", "text": ["sex"]},
                "outcomes": {"file": "outcomes.csv", "patient_id": "PatientID"},
                "administrations": {"file": "administrations.csv", "patient_id": "PatientID"},
                "calibration": {"file": "calibration.csv"}}

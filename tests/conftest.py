@@ -17,18 +17,32 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+def _isolate(monkeypatch: pytest.MonkeyPatch, home: Path, cache: Path) -> None:
+    monkeypatch.setenv("THERALAKE_CACHE", str(cache))
+    monkeypatch.setenv("THERALAKE_PSEUDONYM_KEY", TEST_KEY)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("THERALAKE_KEY_FILE", str(home / ".theralake" / "pseudonym.key"))
+    monkeypatch.setenv("THERALAKE_LAKE", str(home / "default_lake"))
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory: pytest.TempPathFactory, _cache_dir: Path):
+    """The same isolation for module- and session-scoped fixtures (built before a test's)."""
+    home = tmp_path_factory.mktemp("session-home")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(monkeypatch, home, _cache_dir)
+        yield
+    assert not (home / ".theralake" / "pseudonym.key").exists(), "a fixture wrote a key file"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
                   _cache_dir: Path):
     """Never touch the user's key file or lake: fixed key, HOME in a temp folder, one kernel
     cache for the session."""
     home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("THERALAKE_CACHE", str(_cache_dir))
-    monkeypatch.setenv("THERALAKE_PSEUDONYM_KEY", TEST_KEY)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("THERALAKE_KEY_FILE", str(home / ".theralake" / "pseudonym.key"))
-    monkeypatch.setenv("THERALAKE_LAKE", str(home / "default_lake"))
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    _isolate(monkeypatch, home, _cache_dir)
     yield
     assert not (home / ".theralake" / "pseudonym.key").exists(), "a test wrote a key file"
 

@@ -123,7 +123,7 @@ def test_clinical_and_outcomes_with_mapping(tmp_path, lake):
         "CL-0001,12,1,10,1,2\n"
         "CL-0002,6.5,0,,,0\n")
     (folder / "mapping.yaml").write_text(
-        "clinical:\n  patient_id: Pat ID\n  rename: {Age: age_y, ECOG: ecog}\n"
+        "clinical:\n  patient_id: Pat ID\n  rename: {Age: age_y, ECOG: ecog}\n  text: [Histology]\n"
         "outcomes:\n  file: followup_data.csv\n  patient_id: Pat ID\n"
         "  rename: {OS months: os_time_months, death: os_event, PFS weeks: pfs_time_weeks,"
         " progression: pfs_event}\n")

@@ -34,7 +34,7 @@ def _quiet():
 def cohort(tmp_path_factory):
     lake = Lake(tmp_path_factory.mktemp("models") / "lake")
     write_truth_lake(lake, SynthConfig(patients=300, cycles=2, seed=11, small=True),
-                     Pseudonymizer(key="models-test"), dose_error_sd=0.05)
+                     Pseudonymizer(key="models-test-key-0001"), dose_error_sd=0.05)
     return lake
 
 

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from pseudonyms import SeparateCohort
 from typer.testing import CliRunner
 
 from theralake.ingest.pseudonym import Pseudonymizer
@@ -18,8 +19,6 @@ from theralake.registry.models import PromotionRefused, list_models, promote
 from theralake.registry.tracking import client
 from theralake.synth.config import SynthConfig
 from theralake.synth.truth_lake import write_truth_lake
-
-HELD_OUT_KEY = "held-out-key"
 
 
 def _config() -> dict:
@@ -38,13 +37,13 @@ def trained(tmp_path_factory):
     warnings.filterwarnings("ignore")
     lake = Lake(tmp_path_factory.mktemp("registry") / "lake")
     write_truth_lake(lake, SynthConfig(patients=160, cycles=2, seed=21, small=True),
-                     Pseudonymizer(key="registry-test"), dose_error_sd=0.05)
+                     Pseudonymizer(key="registry-test-key-001"), dose_error_sd=0.05)
     cfg = _config()
     dose = train(lake, "dose", "ridge", config=cfg, progress=False)
     response = train(lake, "response", "logistic", config=cfg, progress=False)
     # held-out patients, added after training: exact truth (no measurement error)
     held = write_truth_lake(lake, SynthConfig(patients=40, cycles=2, seed=22, small=True),
-                            Pseudonymizer(key=HELD_OUT_KEY))
+                            SeparateCohort("registry-test-key-001", "held-out"))
     return lake, cfg, dose, response, sorted(held.values())
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import typer
 from matplotlib import image as mpimg
+from pseudonyms import SeparateCohort
 from typer.testing import CliRunner
 
 from theralake.dosimetry.patient import load_config, run_cycle
@@ -29,7 +30,8 @@ from theralake.synth.cohort import generate_cohort
 from theralake.synth.config import SynthConfig
 from theralake.synth.truth_lake import write_truth_lake
 
-PSEUDO = Pseudonymizer(key="report-test-key")
+PSEUDO_KEY = "report-test-key-0001"
+PSEUDO = Pseudonymizer(key=PSEUDO_KEY)
 
 
 def _config() -> dict:
@@ -55,7 +57,7 @@ def built(tmp_path_factory):
         warnings.simplefilter("ignore")
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             mp.setenv(var, "1")
-        mp.setenv("THERALAKE_PSEUDONYM_KEY", "test")
+        mp.setenv("THERALAKE_PSEUDONYM_KEY", "report-env-key-0001")
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         generate_cohort(SynthConfig(patients=3, cycles=2, seed=3, small=True, fmt="nifti"),
                         root / "syn", progress=False)
@@ -76,7 +78,7 @@ def built(tmp_path_factory):
         mp.setattr(job, "_radiomics", lambda *a, **k: None)
         job.run_features(lake, [pid], set_name="fast", workers=1, progress=False)
         write_truth_lake(lake, SynthConfig(patients=100, cycles=2, seed=5, small=True),
-                         Pseudonymizer(key="report-cohort"), dose_error_sd=0.05)
+                         SeparateCohort(PSEUDO_KEY, "truth"), dose_error_sd=0.05)
         pfs = train(lake, "pfs", "cox", config=cfg, progress=False)
         dose = train(lake, "dose", "ridge", config=cfg, progress=False)
         promote(lake, "theralake-dose", dose.version, cfg)

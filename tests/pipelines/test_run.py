@@ -17,10 +17,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from theralake.ingest.pseudonym import Pseudonymizer
 from theralake.lake import SCHEMAS, Lake
 from theralake.pipelines.cli import app
 from theralake.pipelines.lock import LakeBusy, run_lock
 from theralake.pipelines.runner import load_pipeline_settings, run_pipeline
+from theralake.pipelines.steps import source_alias
 
 STEPS = ["ingest", "dosimetry", "features"]
 FAST = {"dosimetry": {"overrides": {"registration": "rigid"}}, "features": {"set": "minimal"}}
@@ -144,21 +146,33 @@ def _done(lake_path: Path, step: str) -> bool:
     return bool(((log.step == step) & (log.status == "done")).any())
 
 
+def _start_run(cohort: Path, lake_path: Path, steps: list[str], output: Path
+               ) -> subprocess.Popen:
+    """``theralake run`` in its own session, its output in ``output``."""
+    cmd = [sys.executable, "-m", "theralake.pipelines.cli", "run", "--source", str(cohort),
+           "--steps", ",".join(steps), "--config", str(cohort.parent / "fast.yaml"),
+           "--workers", "2", "--lake", str(lake_path), "-q"]
+    with open(output, "wb") as out:
+        return subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=out)
+
+
+def _workers_in_dosimetry(proc: subprocess.Popen, lake_path: Path, output: Path,
+                          settle_s: float) -> list[int]:
+    """The run's worker processes, ``settle_s`` after its dosimetry step began."""
+    _wait_for(lambda: (_log(lake_path).task == "ingest/(tables)").any(), 240, proc, output)
+    time.sleep(settle_s)  # dosimetry is running in both workers
+    workers = [c for c in _children(proc.pid)
+               if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert workers, "no worker process found"
+    return workers
+
+
 def test_killed_worker_is_retried_and_a_crashed_run_resumes_to_the_same_lake(
         reference: Lake, cohort: Path, tmp_path: Path):
-    lake_path = tmp_path / "lake"
-    cmd = [sys.executable, "-m", "theralake.pipelines.cli", "run", "--source", str(cohort),
-           "--steps", ",".join(STEPS), "--config", str(cohort.parent / "fast.yaml"),
-           "--workers", "2", "--lake", str(lake_path), "-q"]
-    output = tmp_path / "run.out"
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=out)
+    lake_path, output = tmp_path / "lake", tmp_path / "run.out"
+    proc = _start_run(cohort, lake_path, STEPS, output)
     try:
-        _wait_for(lambda: (_log(lake_path).task == "ingest/(tables)").any(), 240, proc, output)
-        time.sleep(3)  # dosimetry is running in both workers
-        workers = [c for c in _children(proc.pid)
-                   if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
-        assert workers, "no worker process found"
+        workers = _workers_in_dosimetry(proc, lake_path, output, 3)
         os.kill(workers[0], signal.SIGKILL)
         _wait_for(lambda: _done(lake_path, "dosimetry"), 240, proc, output)
         os.killpg(proc.pid, signal.SIGKILL)  # the whole run crashes
@@ -179,6 +193,60 @@ def test_killed_worker_is_retried_and_a_crashed_run_resumes_to_the_same_lake(
     assert by_step["ingest"].done == 0 and by_step["dosimetry"].skipped >= 1
     assert by_step["features"].done == 2
     assert_same_lake(reference, lake)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _parts(lake_path: Path) -> set[str]:
+    return {str(p.relative_to(lake_path)) for p in (lake_path / "tables").rglob("*.parquet")}
+
+
+def test_workers_die_with_their_run_and_write_nothing_after_it(cohort: Path, tmp_path: Path):
+    """kill -9 of the run's main process only: its workers end within 10 s and the lake gets
+    no part after (issue 17, finding 13: orphans finished the whole dosimetry step)."""
+    lake_path, output = tmp_path / "lake", tmp_path / "run.out"
+    proc = _start_run(cohort, lake_path, ["ingest", "dosimetry"], output)
+    workers: list[int] = []
+    try:
+        workers = _workers_in_dosimetry(proc, lake_path, output, 1)
+        assert not _done(lake_path, "dosimetry"), "dosimetry ended before the kill"
+        os.kill(proc.pid, signal.SIGKILL)  # the main process only, not its group
+        proc.wait(30)
+        t0 = time.monotonic()
+        while any(_alive(w) for w in workers) and time.monotonic() - t0 < 10:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "workers outlived their run"
+        parts = _parts(lake_path)
+        time.sleep(3)
+        assert _parts(lake_path) == parts
+    finally:
+        for pid in [proc.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not _done(lake_path, "dosimetry")
+
+
+def test_a_write_without_the_run_lock_is_refused(tmp_path: Path):
+    """A worker's lake refuses to write once its run holds the lock no more, or another run
+    holds it."""
+    from theralake.pipelines.lock import RunGone, live_run_guard
+
+    lake = Lake(tmp_path / "lake")
+    row = {"id": "p1", "patient_id": "P1"}
+    with run_lock(lake.path) as token:
+        lake.write_guard = live_run_guard(lake.path, token)
+        assert lake.append("patients", [row]) == 1  # the live run writes
+    with pytest.raises(RunGone, match="no more"):
+        lake.append("patients", [{**row, "id": "p2", "patient_id": "P2"}])
+    with run_lock(lake.path):  # another run holds the lake
+        with pytest.raises(RunGone, match="another run"):
+            lake.append("patients", [{**row, "id": "p3", "patient_id": "P3"}])
+    assert list(lake.read("patients").id) == ["p1"]
 
 
 def test_ray_engine_gives_the_same_lake(reference: Lake, cohort: Path, tmp_path: Path):
@@ -202,8 +270,10 @@ def test_broken_patient_fails_alone_with_the_reason(cohort: Path, tmp_path: Path
     assert not summary.ok
     log = lake.read("run_log")
     failed = log[log.status == "failed"]
-    assert len(failed) == 1 and victim.parent.parent.parent.name in failed.task.iloc[0]
-    assert victim.name in failed.error.iloc[0]
+    folder = victim.parent.parent.parent.name  # keyed by the folder's pseudonym, not its name
+    assert list(failed.task) == [f"ingest/{source_alias(Pseudonymizer(), folder)}"]
+    assert folder not in failed.task.iloc[0]
+    assert failed.error.iloc[0].startswith(f"{failed.task.iloc[0][7:]}/C1TP2/NM/{victim.name}")
     assert (log.status == "done").sum() == 2  # the other patient and the tables
     assert lake.sql("SELECT count(DISTINCT patient_id) AS n FROM images").n[0] == 2
 
