@@ -24,4 +24,4 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo_lake .pytest_cache
+	rm -rf $(VENV) demo_lake demo_lake_cohort .pytest_cache

@@ -63,8 +63,9 @@ def tac(
         typer.echo(f"{'model':<10}{'k':>3}{'AICc':>12}  plausible  notes")
         for f in fits:
             aic = f"{f.aicc:.3f}" if f.aicc is not None else "n/a"
+            notes = [*f.reasons, *(f"{n} at its bound" for n in f.at_bound)]
             typer.echo(f"{f.model:<10}{f.n_params:>3}{aic:>12}  {str(f.plausible):<9}  "
-                       f"{'; '.join(f.reasons)}")
+                       f"{'; '.join(notes)}")
         typer.echo(f"chosen: {chosen.model} ({rule})")
         for n, v, sd in zip(chosen.param_names, chosen.params, chosen.param_sd, strict=False):
             sd_s = f"{sd:.4g}" if math.isfinite(sd) else "n/a"

@@ -8,7 +8,8 @@
 3. the voxel TIA map (voxel fits; one time point: Hänscheid's factor) and the dose map;
 4. per VOI: its activity at each time point that saw it (:mod:`~theralake.dosimetry.cycle_tacs`),
    its TIA (:mod:`~theralake.dosimetry.time_integration`), mass, dose
-   (:mod:`~theralake.dosimetry.voi_dose`), BED and EQD2;
+   (:mod:`~theralake.dosimetry.voi_dose`), BED and EQD2, each with its uncertainty; then
+   ``tumor_total``, the union of the lesions (:mod:`~theralake.dosimetry.tumour_total`);
 5. the rows of every table, and the quality record: a finding for every drop, fallback or
    doubt, and a pass row for each VOI without one.
 
@@ -44,8 +45,9 @@ from theralake.dosimetry.nuclides import get_nuclide
 from theralake.dosimetry.quality import Finding, sphere_recovery, worst
 from theralake.dosimetry.settings import DosimetryError, config_hash
 from theralake.dosimetry.time_integration import LN2, Integration, integrate
+from theralake.dosimetry.tumour_total import TUMOUR_TOTAL, tumour_total
 from theralake.dosimetry.voi_activity import mask_on, to_grid
-from theralake.dosimetry.voi_dose import bed_of, recovery, voi_dose
+from theralake.dosimetry.voi_dose import bed_of, dose_sigma, recovery, voi_dose
 from theralake.dosimetry.voi_transfer import organ_dice
 from theralake.dosimetry.voxel_kinetics import fit_voxel_tacs
 from theralake.lake import Volume
@@ -178,6 +180,7 @@ def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | No
     for name, voi in vois.items():
         _voi_rows(inputs, name, voi, times, maps, measured, tia_map, dose_map, kernel, density,
                   density_ct, grid, nuclide, settings, spect_ids, earlier, result)
+    _tumour_total_row(inputs, vois, settings, spect_ids, earlier, result)
     clock = result.lap("VOI TACs, fits, doses", clock)
     result.map_rows = [
         dose_map_row(inputs.patient_id, inputs.cycle, q, m, u, v, ref.ct.row, spect_ids, chash)
@@ -390,6 +393,7 @@ def _voi_rows(inputs: CycleInputs, name: str, voi: Voi, times: np.ndarray, maps:
                     mass_g, tia, raw, kernel, nuclide.name, name, settings["s_table"],
                     correction)
     bed = bed_of(name, dose.dose_gy, tia)
+    sigma = dose_sigma(dose.dose_gy, tia, bed)
     chash = result.params_hash
     for t, a, ok, tp in zip(times, tac, usable, inputs.time_points, strict=True):
         if ok:
@@ -404,13 +408,54 @@ def _voi_rows(inputs: CycleInputs, name: str, voi: Voi, times: np.ndarray, maps:
         and math.isfinite(tia.tia_sd_mbq_h) else None,
         absorbed_dose_gy=dose.dose_gy, max_dose_gy=dose.max_gy,
         dose_per_activity_gy_per_gbq=dose.dose_gy / (activity_mbq / 1000.0),
-        bed_gy=bed.bed_gy, eqd2_gy=bed.eqd2_gy, cumulative_bed_gy=bed.bed_gy + previous[0],
+        bed_gy=bed.bed_gy, eqd2_gy=bed.eqd2_gy, absorbed_dose_sigma_gy=sigma.dose_gy,
+        bed_sigma_gy=sigma.bed_gy, eqd2_sigma_gy=sigma.eqd2_gy,
+        cumulative_bed_gy=bed.bed_gy + previous[0],
         cumulative_eqd2_gy=bed.eqd2_gy + previous[1], fit_model=tia.model,
         fit_parameters=json.dumps(tia.parameters, default=float), tia_method=tia.method,
         time_points_h=tia.time_points_h, partial_volume=correction, dose_basis=dose.basis,
         map_mean_dose_gy=dose.map_mean_gy, effective_half_life_h=tia.effective_half_life_h,
         lea_catcheside_g=bed.g_factor, alpha_beta_gy=bed.alpha_beta_gy,
         repair_half_time_h=bed.repair_half_time_h))
+
+
+def _tumour_total_row(inputs: CycleInputs, vois: dict[str, Voi], settings: dict,
+                      spect_ids: list[str], earlier: dict[str, tuple[float, float]],
+                      result: CycleResult) -> None:
+    """The ``tumor_total`` row from the lesions with doses, and its finding (the worst of
+    its lesions', naming any lesion left out of it)."""
+    lesions = [r for r in result.organ_rows if r["voi"].startswith("lesion_")]
+    missing = sorted(n for n in vois if n.startswith("lesion_")
+                     and n not in {r["voi"] for r in lesions})
+    if not lesions:
+        if missing:
+            result.findings.append(Finding("tumour_total", "fail", "no lesion has a dose "
+                                           f"({', '.join(missing)}): no tumor_total", TUMOUR_TOTAL))
+        return
+    values = tumour_total(lesions, float(inputs.administration["activity_mbq"]))
+    previous = earlier.get(TUMOUR_TOTAL, (0.0, 0.0))
+    first = lesions[0]
+    result.organ_rows.append(organ_dosimetry_row(
+        inputs.patient_id, inputs.cycle, TUMOUR_TOTAL, settings["method"], None, spect_ids,
+        result.params_hash, part_ids=[r["voi_id"] for r in lesions], **values,
+        cumulative_bed_gy=values["bed_gy"] + previous[0],
+        cumulative_eqd2_gy=values["eqd2_gy"] + previous[1], fit_model="sum of lesions",
+        fit_parameters=json.dumps({"lesions": [r["voi"] for r in lesions]}),
+        tia_method="sum of lesions",
+        time_points_h=sorted({t for r in lesions for t in r["time_points_h"]}),
+        partial_volume=",".join(sorted({r["partial_volume"] for r in lesions})),
+        dose_basis=first["dose_basis"], alpha_beta_gy=first["alpha_beta_gy"],
+        repair_half_time_h=first["repair_half_time_h"]))
+    names = {r["voi"] for r in lesions}
+    doubts = [f for f in result.findings if f.voi in names and f.status != "pass"]
+    status = worst([*(f.status for f in doubts), "warn" if missing else "pass"])
+    why = sorted({f"{f.voi} {f.check}" for f in doubts})
+    result.findings.append(Finding(
+        "tumour_total", status, f"the union of {len(lesions)} lesion(s): TIA and mass summed, "
+        "dose, BED and EQD2 mass-weighted means" + (f"; without {', '.join(missing)} (no dose)"
+                                                   if missing else "")
+        + (f"; as doubtful as its lesions ({', '.join(why)})" if why else ""), TUMOUR_TOTAL,
+        values["mass_g"]))
 
 
 def _recovery_finding(name: str, volume_ml: float, correction: str, inputs: CycleInputs,

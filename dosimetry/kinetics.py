@@ -24,7 +24,14 @@ trapezoid with physical tail when not decreasing); one point -> use the single-t
 methods :func:`tia_hanscheid` or :func:`tia_madsen`.
 
 TIA (MBq·h) is the analytic integral 0..∞; its standard uncertainty comes from the fit
-covariance (delta method) and optionally from a parametric bootstrap.
+covariance (delta method) and optionally from a parametric bootstrap. The trapezoid's comes
+from a parametric bootstrap of the activities through the whole rule, its fitted tail
+included (the tail's rate is clipped at physical decay, which the delta method cannot
+follow; EANM 2018 uncertainty guidance, Gear et al.); without ``sigma_mbq`` an error of
+``ASSUMED_RELATIVE_SD`` of each activity is assumed and said in ``reasons``.
+
+A fit whose rate sits at a bound (a clearance at physical decay, an uptake at its upper
+limit) names it in ``at_bound``: its value is the constraint's, not the data's.
 """
 
 from __future__ import annotations
@@ -55,6 +62,13 @@ __all__ = [
 LN2 = math.log(2.0)
 #: the trapezoid's logarithmic segments: a fall to at least this fraction of the value before
 LOG_DOWN_MIN_RATIO = 0.01
+#: relative standard uncertainty assumed for each activity when none is given and the fit
+#: cannot estimate one (no degrees of freedom, trapezoid)
+ASSUMED_RELATIVE_SD = 0.10
+#: parametric bootstrap resamples behind the trapezoid's uncertainty (fixed seed)
+TRAPEZOID_RESAMPLES = 400
+#: a rate within this relative distance of a bound sits at it
+AT_BOUND_RTOL = 1e-4
 MODELS = ("mono", "bi", "tri", "trapezoid")
 PARAM_NAMES = {
     "mono": ("a0_mbq", "lambda_washout_per_h"),
@@ -159,6 +173,11 @@ class TacFit:
         return len(self.params)
 
     @property
+    def at_bound(self) -> list[str]:
+        """The parameters that sit at a bound of the fit (their values are the bounds')."""
+        return list(self.extra.get("at_bound", []))
+
+    @property
     def extrapolated_fraction(self) -> float:
         """Fraction of the TIA outside the measured time span."""
         return (self.tia_before_first_mbq_h + self.tia_after_last_mbq_h) / self.tia_mbq_h
@@ -199,6 +218,7 @@ class TacFit:
             "effective_half_life_h": self.effective_half_life_h,
             "tia_bootstrap_sd_mbq_h": self.tia_bootstrap_sd_mbq_h,
             "tia_bootstrap_ci95_mbq_h": self.tia_bootstrap_ci95_mbq_h,
+            "at_bound": self.at_bound,
         }
 
 
@@ -406,13 +426,16 @@ def _fit_param(model: str, t, a, s, lmin, lmax, max_cv, max_abs_corr, p_start=No
     meas = model_integral(model, popt, t_end_h=float(t[-1]), t_start_h=float(t[0]))
     if not (math.isfinite(tia) and tia > 0):
         raise RuntimeError(f"{model} fit gave a non-positive TIA")
+    at_bound = [nm for nm, v, low, high in zip(names, popt, lo, hi, strict=True)
+                if nm.startswith("lambda") and (abs(v - low) <= AT_BOUND_RTOL * low
+                                                or abs(v - high) <= AT_BOUND_RTOL * high)]
     return TacFit(
         model=model, param_names=names, params=popt, param_sd=sd, covariance=pcov,
         n_points=n, wrss=wrss, aicc=aicc(n, k, wrss, absolute), plausible=not reasons,
         reasons=reasons, tia_mbq_h=tia, tia_sd_mbq_h=tia_sd, tia_before_first_mbq_h=head,
         tia_measured_mbq_h=meas, tia_after_last_mbq_h=tia - head - meas,
         effective_half_life_h=_eff_half_life(model, popt),
-        extra={"sigma_used": sig, "absolute_sigma": absolute},
+        extra={"sigma_used": sig, "absolute_sigma": absolute, "at_bound": at_bound},
     )
 
 
@@ -452,21 +475,45 @@ def _trapezoid(t, a, s, tail: str, decay_constant_per_h: float | None,
 
     head, meas, after, lam = parts(a)
     reasons: list[str] = []
-    if s is None:
-        tia_sd = 0.0
-        reasons.append("no sigma given: measurement uncertainty not propagated")
-    else:
-        g = _num_grad(lambda q: float(sum(parts(q)[:3])), a.astype(float))
-        tia_sd = float(np.sqrt(np.sum((g * s) ** 2)))
+    assumed = s is None
+    if assumed:
+        s = ASSUMED_RELATIVE_SD * a
+        reasons.append(f"no sigma given: uncertainty from an assumed {ASSUMED_RELATIVE_SD:.0%} "
+                       "error of each activity")
+    tia_sd, lam_sd = _trapezoid_spread(a, np.asarray(s, float), parts)
     tia = head + meas + after
+    at_decay = tail == "fit" and decay_constant_per_h is not None and \
+        abs(lam - decay_constant_per_h) <= AT_BOUND_RTOL * decay_constant_per_h
     return TacFit(
         model="trapezoid", param_names=("lambda_tail_per_h",), params=np.array([lam]),
-        param_sd=np.array([np.inf]), covariance=np.zeros((1, 1)),
+        param_sd=np.array([lam_sd]), covariance=np.array([[lam_sd**2]]),
         n_points=t.size, wrss=0.0, aicc=None, plausible=True, reasons=reasons,
         tia_mbq_h=tia, tia_sd_mbq_h=tia_sd, tia_before_first_mbq_h=head,
         tia_measured_mbq_h=meas, tia_after_last_mbq_h=after, effective_half_life_h=LN2 / lam,
-        extra={"time_h": t, "activity_mbq": a, "tail": tail, "segments": segments},
+        extra={"time_h": t, "activity_mbq": a, "tail": tail, "segments": segments,
+               "sd_assumed": assumed, "at_bound": ["lambda_tail_per_h"] if at_decay else []},
     )
+
+
+def _trapezoid_spread(a: np.ndarray, s: np.ndarray,
+                      parts: Callable[[np.ndarray], tuple[float, float, float, float]]
+                      ) -> tuple[float, float]:
+    """Standard deviations of the trapezoid's TIA and tail rate over a parametric bootstrap
+    of the activities (normal, clipped at zero; a fixed seed, so the same curve always gives
+    the same numbers)."""
+    rng = np.random.default_rng(20180101)
+    draws = np.clip(a + rng.normal(0.0, 1.0, (TRAPEZOID_RESAMPLES, a.size)) * s, 0.0, None)
+    tias, lams = [], []
+    for q in draws:
+        try:
+            head, meas, after, lam = parts(q)
+        except ValueError:  # a draw whose tail cannot be followed
+            continue
+        tias.append(head + meas + after)
+        lams.append(lam)
+    if len(tias) < 10:
+        return math.inf, math.inf
+    return float(np.std(tias, ddof=1)), float(np.std(lams, ddof=1))
 
 
 def _bootstrap(fit: TacFit, t, a, s, n_boot: int, seed: int, lmin, lmax) -> None:

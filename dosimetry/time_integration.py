@@ -7,14 +7,21 @@
   value with its source; a class without one falls back to Hänscheid, with a warning).
 
 Every result carries its uncertainty: the fit's; where the fit cannot give one (two points,
-trapezoid) the SPECT activity uncertainty propagated through the same model; for one point
-the method's (Hänscheid's approximation, or the population spread of the half-life). The
-dose rate's shape for BED is kept as a sum of exponentials.
+trapezoid) the SPECT activity uncertainty propagated through the same model (for the
+trapezoid by a parametric bootstrap through its fitted tail); for one point the method's
+(Hänscheid's approximation, or the population spread of the half-life). The dose rate's
+shape for BED is kept as a sum of exponentials.
+
+A fit is implausible, and a warning of the quality record, when its rate sits at a bound
+(``fit_at_bound``: an effective half-life equal to the physical one is the constraint's, not
+the data's) or when more than ``quality.max_extrapolated_fraction`` of its TIA lies outside
+the measured time span (``tia_extrapolated``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -108,20 +115,15 @@ def integrate(time_h: np.ndarray, activity_mbq: np.ndarray, voi: str, settings: 
         return _single(float(t[0]), float(a[0]), voi, settings, pharmaceutical, nuclide)
     sel = kinetics.select_tac_model(t, a, tuple(settings["tac_models"]),
                                     decay_constant_per_h=decay_constant_per_h)
-    fit = sel.chosen
-    sd = fit.tia_sd_mbq_h
-    findings = []
-    if not (math.isfinite(sd) and sd > 0):
-        rel = float(settings["activity_relative_sd"])
-        again = kinetics.fit_tac(t, a, fit.model, sigma_mbq=np.maximum(rel * a, 1e-9 * a.max()),
-                                 decay_constant_per_h=decay_constant_per_h,
-                                 segments=fit.extra.get("segments", "linear"))
-        sd = again.tia_sd_mbq_h if math.isfinite(again.tia_sd_mbq_h) else None
+    fit = _with_uncertainty(sel.chosen, t, a, settings, decay_constant_per_h)
+    sd = fit.tia_sd_mbq_h if math.isfinite(fit.tia_sd_mbq_h) else None
+    failed_checks = not fit.plausible
+    findings = _plausibility(fit, voi, settings, decay_constant_per_h)
     if sd is not None and sd > MAX_RELATIVE_SD * fit.tia_mbq_h:
         findings.append(Finding("tia_uncertain", "warn", f"TIA {fit.tia_mbq_h:.4g} ± {sd:.3g} "
                                 f"MBq·h: the standard uncertainty exceeds "
                                 f"{100 * MAX_RELATIVE_SD:.0f} %", voi, sd / fit.tia_mbq_h))
-    if not fit.plausible:
+    if failed_checks:
         findings.append(Finding("fit_implausible", "warn", f"{fit.model} fit of {t.size} time "
                                 f"points failed its plausibility checks ({'; '.join(fit.reasons)}"
                                 f"; {sel.rule})", voi, fit.tia_mbq_h))
@@ -129,6 +131,52 @@ def integrate(time_h: np.ndarray, activity_mbq: np.ndarray, voi: str, settings: 
     return Integration(fit.tia_mbq_h, sd, "fit", fit.model, fit.effective_half_life_h,
                        [float(x) for x in t], coefficients, rates, fit.as_dict(),
                        fit.plausible, findings)
+
+
+def _with_uncertainty(fit: kinetics.TacFit, t: np.ndarray, a: np.ndarray, settings: dict,
+                      decay_constant_per_h: float) -> kinetics.TacFit:
+    """The fit with the SPECT activity uncertainty (``activity_relative_sd``) propagated where
+    it could not estimate its own (no degrees of freedom, the trapezoid, an assumed error)."""
+    sd = fit.tia_sd_mbq_h
+    if math.isfinite(sd) and sd > 0 and not fit.extra.get("sd_assumed") and \
+            not any(r.startswith("no degrees of freedom") for r in fit.reasons):
+        return fit
+    rel = float(settings["activity_relative_sd"])
+    again = kinetics.fit_tac(t, a, fit.model, sigma_mbq=np.maximum(rel * a, 1e-9 * a.max()),
+                             decay_constant_per_h=decay_constant_per_h,
+                             segments=fit.extra.get("segments", "linear"))
+    if np.allclose(again.params, fit.params, rtol=1e-6):  # the same curve, now with its errors
+        return again
+    return dataclasses.replace(fit, tia_sd_mbq_h=again.tia_sd_mbq_h, reasons=[
+        *fit.reasons, f"TIA uncertainty from a {rel:.0%} activity uncertainty"])
+
+
+def _plausibility(fit: kinetics.TacFit, voi: str, settings: dict,
+                  decay_constant_per_h: float) -> list[Finding]:
+    """Mark a fit at a bound, or extrapolated beyond the configured share, implausible (in
+    its own record too), with the findings that say so."""
+    out = []
+    bounded = fit.at_bound
+    if bounded:
+        physical = any(abs(p - decay_constant_per_h) <= 1e-3 * decay_constant_per_h
+                       for n, p in zip(fit.param_names, fit.params, strict=True)
+                       if n in bounded)
+        what = (f"effective half-life {fit.effective_half_life_h:.1f} h = the physical "
+                "half-life (its lower bound): no biological clearance seen"
+                if physical else f"{', '.join(bounded)} at the fit's bound")
+        fit.reasons.append(what)
+        out.append(Finding("fit_at_bound", "warn", f"{fit.model} fit: {what}; the TIA rests on "
+                           "the constraint, not the data", voi, fit.effective_half_life_h))
+    most = float(settings["quality"]["max_extrapolated_fraction"])
+    share = fit.extrapolated_fraction
+    if share > most:
+        fit.reasons.append(f"{100 * share:.0f} % of the TIA extrapolated")
+        out.append(Finding("tia_extrapolated", "warn", f"{100 * share:.0f} % of the TIA lies "
+                           f"outside the measured {fit.n_points} time points (more than "
+                           f"{100 * most:.0f} %)", voi, share))
+    if out:
+        fit.plausible = False
+    return out
 
 
 def _single(t: float, a: float, voi: str, settings: dict, pharmaceutical: str | None,

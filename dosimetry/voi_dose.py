@@ -22,7 +22,8 @@ from theralake.dosimetry.organ_s import load_s_table
 from theralake.dosimetry.sphere import sphere_self_s
 from theralake.dosimetry.time_integration import Integration
 
-__all__ = ["VoiDose", "bed_of", "recovery", "self_s_gy_per_bq_s", "voi_dose"]
+__all__ = ["Bed", "DoseSigma", "VoiDose", "bed_of", "dose_sigma", "recovery",
+           "self_s_gy_per_bq_s", "voi_dose"]
 
 S_PER_H = 3600.0
 
@@ -114,3 +115,29 @@ def bed_of(voi: str, dose_gy: float, tia: Integration) -> Bed:
     res = radiobiology.bed_exponential(dose_gy, tia.coefficients, tia.rates_per_h,
                                        tissue.alpha_beta_gy, tissue.t_rep_h)
     return Bed(res.bed_gy, res.eqd2_gy, res.g_factor, tissue.alpha_beta_gy, tissue.t_rep_h)
+
+
+@dataclass
+class DoseSigma:
+    """Standard uncertainties (Gy) of a VOI's absorbed dose, BED and EQD2."""
+
+    dose_gy: float | None
+    bed_gy: float | None
+    eqd2_gy: float | None
+
+
+def dose_sigma(dose_gy: float, tia: Integration, bed: Bed) -> DoseSigma:
+    """The TIA's relative uncertainty carried into the dose (a VOI's dose scales with its
+    TIA), and through BED = D + G D^2 / (alpha/beta) by its derivative 1 + 2 G D / (alpha/beta).
+
+    The TIA term dominates the dose's uncertainty (EANM 2018 guidance, Gear et al.); the mass
+    and S-value terms are not included. None when the TIA has no uncertainty.
+    """
+    sd = tia.tia_sd_mbq_h
+    if sd is None or not np.isfinite(sd) or not tia.tia_mbq_h > 0:
+        return DoseSigma(None, None, None)
+    sd_dose = float(dose_gy * sd / tia.tia_mbq_h)
+    if bed.g_factor is None or not bed.alpha_beta_gy:
+        return DoseSigma(sd_dose, sd_dose, sd_dose)
+    sd_bed = sd_dose * (1.0 + 2.0 * bed.g_factor * dose_gy / bed.alpha_beta_gy)
+    return DoseSigma(sd_dose, sd_bed, sd_bed / (1.0 + 2.0 / bed.alpha_beta_gy))

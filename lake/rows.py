@@ -61,13 +61,18 @@ def tac_row(patient_id: str, cycle: int, voi: str, voi_id: str, time_h: float,
         "image_id": image_id, "input_ids": [image_id, voi_id], "params_hash": params_hash})
 
 
-def organ_dosimetry_row(patient_id: str, cycle: int, voi: str, method: str, voi_id: str,
-                        spect_ids: list[str], params_hash: str, **values: object) -> dict:
-    """An ``organ_dosimetry`` row; ``values`` are its quantities (mass_g, tia_mbq_h, ...)."""
+def organ_dosimetry_row(patient_id: str, cycle: int, voi: str, method: str,
+                        voi_id: str | None, spect_ids: list[str], params_hash: str, *,
+                        part_ids: Iterable[str] = (), **values: object) -> dict:
+    """An ``organ_dosimetry`` row; ``values`` are its quantities (mass_g, tia_mbq_h, ...).
+    A VOI made of others (``tumor_total``) has no ``voi_id`` and names its parts' VOI rows in
+    ``part_ids``."""
+    parts = sorted(part_ids)
     row = {"id": stable_hash("organ", patient_id, cycle, voi, method, params_hash, voi_id,
-                             spect_ids),
+                             spect_ids, *([parts] if parts else [])),
            "patient_id": patient_id, "cycle": cycle, "voi": voi, "method": method,
-           "voi_id": voi_id, **values, "input_ids": [*spect_ids, voi_id],
+           "voi_id": voi_id, **values,
+           "input_ids": [*spect_ids, *([voi_id] if voi_id else []), *parts],
            "params_hash": params_hash}
     return _checked("organ_dosimetry", row)
 

@@ -121,6 +121,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("dose_per_activity_gy_per_gbq", _f64),
         pa.field("bed_gy", _f64),
         pa.field("eqd2_gy", _f64),
+        # standard uncertainties: the TIA's relative one carried into dose, BED and EQD2
+        pa.field("absorbed_dose_sigma_gy", _f64),
+        pa.field("bed_sigma_gy", _f64),
+        pa.field("eqd2_sigma_gy", _f64),
         # sums over this cycle and the earlier cycles in the lake (same VOI and method)
         pa.field("cumulative_bed_gy", _f64),
         pa.field("cumulative_eqd2_gy", _f64),
@@ -138,7 +142,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("lea_catcheside_g", _f64),
         pa.field("alpha_beta_gy", _f64),
         pa.field("repair_half_time_h", _f64),
-        pa.field("voi_id", _str),  # the vois row measured
+        pa.field("voi_id", _str),  # the vois row measured (tumor_total: none, its lesions')
         pa.field("quality", _str),  # pass | warn | fail: the worst finding of this VOI
         LINEAGE_COLUMNS,
     ),

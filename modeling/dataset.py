@@ -6,10 +6,16 @@ keeps the columns of a named feature set and the task's target. Column names::
 
     clinical/<variable>[=<level>]          administration/activity_mbq
     dosimetry/<voi>/<quantity>             dosimetry_total/<voi>/bed_gy
-    <image_kind>/<voi>/<feature_class>/<feature>
+    dosimetry/lesions/<summary>            <image_kind>/<voi>/<feature_class>/<feature>
 
 Lesion-level columns (``lesion_001``...) are left out: lesions are not the same across
-patients; ``tumor_total`` carries them.
+patients. ``tumor_total`` (their union) carries them, and so do the per-lesion summaries of
+the cycle: ``dosimetry/lesions/count`` and the minimum, median and maximum lesion absorbed
+dose (``min_absorbed_dose_gy``...: the least-treated lesion is where progression starts).
+
+A feature set names groups (``clinical+tumour_dose``); every group must resolve to at least
+one usable column, or the dataset is refused with the reason: a model silently trained
+without its named group is not the model asked for.
 """
 
 from __future__ import annotations
@@ -156,7 +162,20 @@ def _dosimetry(lake: Lake, methods: list[str], cycle: int, only: _Only) -> pd.Da
     wide.columns = [f"dosimetry/{voi}/{q}" for q, voi in wide.columns]
     total = df.groupby(["patient_id", "voi"]).bed_gy.sum().unstack()
     total.columns = [f"dosimetry_total/{voi}/bed_gy" for voi in total.columns]
-    return pd.concat([wide, total], axis=1)
+    return pd.concat([wide, total, _lesion_summaries(now)], axis=1)
+
+
+def _lesion_summaries(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per patient: the number of lesions with a dose and their minimum, median and maximum
+    absorbed dose in the cycle."""
+    lesions = rows[rows.voi.str.startswith("lesion_") & rows.absorbed_dose_gy.notna()]
+    if lesions.empty:
+        return pd.DataFrame()
+    dose = lesions.groupby("patient_id").absorbed_dose_gy
+    return pd.DataFrame({"dosimetry/lesions/count": dose.size().astype(float),
+                         "dosimetry/lesions/min_absorbed_dose_gy": dose.min(),
+                         "dosimetry/lesions/median_absorbed_dose_gy": dose.median(),
+                         "dosimetry/lesions/max_absorbed_dose_gy": dose.max()})
 
 
 def _administration(lake: Lake, cycle: int, only: _Only) -> pd.DataFrame:
@@ -181,18 +200,29 @@ def resolve_feature_set(spec: str, config: dict) -> list[str]:
     Raises:
         DatasetError: an unknown name.
     """
+    return [p for patterns in feature_groups(spec, config).values() for p in patterns]
+
+
+def feature_groups(spec: str, config: dict) -> dict[str, list[str]]:
+    """The named groups of a feature set and their glob patterns (a YAML file: one group,
+    its include and ``!`` exclude patterns).
+
+    Raises:
+        DatasetError: an unknown name.
+    """
     path = Path(spec)
     if spec.endswith((".yaml", ".yml")) and path.is_file():
         doc = yaml.safe_load(path.read_text()) or {}
-        return list(doc.get("include", [])) + [f"!{p}" for p in doc.get("exclude", [])]
+        return {path.name: list(doc.get("include", []))
+                + [f"!{p}" for p in doc.get("exclude", [])]}
     sets = config["feature_sets"]
-    patterns: list[str] = []
+    groups: dict[str, list[str]] = {}
     for name in spec.split("+"):
         if name not in sets:
             raise DatasetError(f"unknown feature set {name!r}; known: {', '.join(sorted(sets))} "
                                "(join names with '+', or give a YAML file with include:)")
-        patterns += sets[name]
-    return patterns
+        groups[name] = list(sets[name])
+    return groups
 
 
 def select_columns(columns: list[str], patterns: list[str]) -> list[str]:
@@ -238,9 +268,28 @@ def build_dataset(lake: Lake, task: str, features: str | None = None,
     if X.shape[1] == 0:
         raise DatasetError(f"task {task}: feature set {feature_set!r} matches no usable column "
                            f"of the lake (patterns {patterns})")
+    _check_groups(task, feature_set, feature_groups(feature_set, config), frame, X, dropped)
     ds = Dataset(task, spec["kind"], X, y, feature_set, dropped)
     _check_events(ds, config)
     return ds
+
+
+def _check_groups(task: str, feature_set: str, groups: dict[str, list[str]],
+                  frame: pd.DataFrame, X: pd.DataFrame, dropped: dict[str, str]) -> None:
+    """Refuse a dataset in which a named group of its feature set has no usable column."""
+    for name, patterns in groups.items():
+        excludes = [p for p in patterns if p.startswith("!")]
+        if select_columns(list(X.columns), patterns) or not [p for p in patterns
+                                                             if p not in excludes]:
+            continue
+        found = select_columns(list(frame.columns), patterns)
+        why = ("; ".join(f"{c}: {dropped.get(c, 'no value for these patients')}"
+                         for c in found[:5]) if found else
+               f"no column of the lake matches {patterns}")
+        raise DatasetError(f"task {task}: feature group {name!r} of {feature_set!r} gives no "
+                           f"usable column ({why}); the model would be trained without it. "
+                           "Run the step that fills it (e.g. theralake dosimetry for "
+                           "tumour_dose), or choose another feature set")
 
 
 def _target(lake: Lake, task: str, spec: dict, frame: pd.DataFrame

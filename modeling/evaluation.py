@@ -62,6 +62,10 @@ def cross_validate(ds: Dataset, model: str, config: dict, seed: int = 0,
         for train, test in folds:
             fitted = clone(est).fit(ds.X.iloc[train], _y(ds, train))
             chosen.append(getattr(fitted, "best_params_", {}))
+            if ds.kind == "regression":  # the skill-less baseline: the training median
+                median = ds.y.iloc[train].median()
+                for target in ds.y.columns:
+                    pred.loc[ds.X.index[test], f"{target}:baseline"] = median[target]
             _predict_into(ds, unwrap(fitted) if ds.kind != "regression" else fitted,
                           ds.X.iloc[test], pred, surv, times)
             bar.advance(task)
@@ -103,4 +107,5 @@ def _metrics(ds: Dataset, pred: pd.DataFrame, surv: pd.DataFrame | None,
     targets = list(ds.y.columns)
     return metrics.regression_metrics(
         ds.y, pred[targets].to_numpy(), pred[[f"{t}:lower" for t in targets]].to_numpy(),
-        pred[[f"{t}:upper" for t in targets]].to_numpy(), n_boot, seed)
+        pred[[f"{t}:upper" for t in targets]].to_numpy(), n_boot, seed,
+        baseline=pred[[f"{t}:baseline" for t in targets]].to_numpy())

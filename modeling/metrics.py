@@ -3,8 +3,11 @@
 Survival: Harrell's C, Uno's C (IPCW, truncated at ``tau``), the mean time-dependent
 (cumulative/dynamic) AUC, the integrated Brier score and calibration at a horizon. Binary:
 AUC, Brier score, calibration slope and intercept, net benefit (decision-curve analysis).
-Regression: errors and prediction-interval coverage. Every metric gets a percentile
-bootstrap 95 % interval over patients (``<name>_lower``, ``<name>_upper``).
+Regression: errors, prediction-interval coverage and skill: Spearman's rank correlation per
+target (``spearman_min``: the worst target's) and the error against the cohort-median
+predictor (``error_ratio_to_median``: the model's median absolute relative error over the
+baseline's; below 1 beats it). Every metric gets a percentile bootstrap 95 % interval over
+patients (``<name>_lower``, ``<name>_upper``).
 """
 
 from __future__ import annotations
@@ -163,10 +166,11 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, resamples: int = 200, seed: int
 
 # -- regression ----------------------------------------------------------------------------
 def regression_metrics(y: pd.DataFrame, pred: np.ndarray, lower: np.ndarray,
-                       upper: np.ndarray, resamples: int = 200, seed: int = 0
-                       ) -> dict[str, float]:
+                       upper: np.ndarray, resamples: int = 200, seed: int = 0,
+                       baseline: np.ndarray | None = None) -> dict[str, float]:
     """Per target and pooled: median absolute relative error, MAE, Spearman rho, interval
-    coverage and median relative width."""
+    coverage and median relative width; with ``baseline`` (out-of-fold predictions of the
+    cohort median) the error ratio to it."""
     from scipy.stats import spearmanr
 
     truth = y.to_numpy(float)
@@ -175,15 +179,23 @@ def regression_metrics(y: pd.DataFrame, pred: np.ndarray, lower: np.ndarray,
         out = {}
         t, p, lo, hi = truth[idx], pred[idx], lower[idx], upper[idx]
         ok = np.isfinite(t)
+        rhos = []
         for j, name in enumerate(y.columns):
             m = ok[:, j]
             rel = np.abs(p[m, j] - t[m, j]) / t[m, j]
             out[f"{name}_median_abs_rel_error"] = float(np.median(rel))
             out[f"{name}_mae"] = float(np.mean(np.abs(p[m, j] - t[m, j])))
-            out[f"{name}_spearman"] = float(spearmanr(p[m, j], t[m, j])[0])
+            rho = float(spearmanr(p[m, j], t[m, j])[0])
+            rhos.append(rho if np.isfinite(rho) else -1.0)  # a constant prediction: no skill
+            out[f"{name}_spearman"] = rho
             out[f"{name}_coverage"] = float(np.mean((t[m, j] >= lo[m, j]) & (t[m, j] <= hi[m, j])))
+        out["spearman_min"] = float(min(rhos))
         rel = np.abs(p[ok] - t[ok]) / t[ok]
         out["median_abs_rel_error"] = float(np.median(rel))
+        if baseline is not None:
+            base = np.abs(baseline[idx][ok] - t[ok]) / t[ok]
+            out["baseline_median_abs_rel_error"] = float(np.median(base))
+            out["error_ratio_to_median"] = out["median_abs_rel_error"] / float(np.median(base))
         out["coverage"] = float(np.mean((t[ok] >= lo[ok]) & (t[ok] <= hi[ok])))
         out["median_rel_width"] = float(np.median((hi[ok] - lo[ok]) / p[ok]))
         return out

@@ -8,7 +8,11 @@ blended with the model). A dose D becomes BED = D + k D^2 with k = (BED - D)/D^2
 VOI's measured kinetics (the earlier cycle; before cycle 1 the cohort median of the lake),
 EQD2 = BED / (1 + 2/(alpha/beta)). The recommended activity is the highest step of the
 configured range at which every VOI's cumulative quantity (earlier cycles + this one) stays
-under its limit; the VOI that allows the least is the limiting organ. The ``@champion``
+under its limit. What binds is said in the figures of the patient report's organ table: the
+organ whose limit stops a step higher (``limiting_organ``), with its projected cumulative
+quantity as the earlier cycles' sum plus this cycle's at the upper bound; or, when every organ
+allows more, the top of the activity range (``limiting_organ`` empty, ``binding``
+``activity_range``), with the organ closest to its limit. The ``@champion``
 response model gives the response probability at that activity from the predicted tumour
 dose. Every number it rests on is in ``details`` (JSON) of the ``recommendations`` row.
 """
@@ -30,6 +34,10 @@ from theralake.registry import tracking
 from theralake.registry.models import load_champion
 
 TUMOUR_DOSE = "dosimetry/tumor_total/absorbed_dose_gy"
+QUANTITY_WORDS = {"bed_gy": "cumulative BED", "eqd2_gy": "cumulative EQD2",
+                  "absorbed_dose_gy": "cumulative absorbed dose"}
+#: ``binding`` of a recommendation at the top of its range
+ACTIVITY_RANGE = "activity_range"
 ACTIVITY = "administration/activity_mbq"
 
 
@@ -53,6 +61,21 @@ class VoiBudget:
     source: str
     max_activity_gbq: float = math.nan
 
+    def this_cycle_at(self, activity_gbq: float) -> float:
+        """This cycle's quantity at ``activity_gbq`` (upper bound)."""
+        return self.quantity_at(activity_gbq) - self.prior_gy
+
+    def projection(self, activity_gbq: float, cycle: int) -> str:
+        """``<quantity> <prior> Gy (cycles 1-n) + <this> Gy (cycle c, at x GBq) = <total> of
+        <limit> Gy``: the words of a recommendation, in the report's organ-table figures."""
+        name = QUANTITY_WORDS[self.quantity]
+        earlier = (f"{self.prior_gy:.1f} Gy in cycle{'s 1-' if cycle > 2 else ' '}{cycle - 1}"
+                   f" + " if cycle > 1 else "")
+        return (f"{self.voi}: {name} {earlier}{self.this_cycle_at(activity_gbq):.1f} Gy in "
+                f"cycle {cycle} at {activity_gbq:g} GBq (upper bound "
+                f"{self.dose_per_gbq_upper:.2f} Gy/GBq, {self.source}) = "
+                f"{self.quantity_at(activity_gbq):.1f} of its {self.limit_gy:g} Gy limit")
+
     def quantity_at(self, activity_gbq: float, dose_per_gbq: float | None = None) -> float:
         """Cumulative quantity after this cycle at ``activity_gbq`` (upper bound by default)."""
         d = (self.dose_per_gbq_upper if dose_per_gbq is None else dose_per_gbq) * activity_gbq
@@ -73,9 +96,11 @@ class Recommendation:
     tumour_dose_gy: float | None = None
     response_probability: float | None = None
     models: dict[str, str] = field(default_factory=dict)
+    binding: str | None = None  # the limiting VOI, or ACTIVITY_RANGE
 
     def details(self) -> dict:
         return {"activity_mbq": self.activity_mbq, "limiting_organ": self.limiting_organ,
+                "binding": self.binding,
                 "tumour_dose_gy": self.tumour_dose_gy,
                 "response_probability": self.response_probability, "models": self.models,
                 "budgets": [asdict(b) for b in self.budgets]}
@@ -121,17 +146,24 @@ def recommend(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
             f"{worst.quantity_at(steps[0]) - worst.prior_gy:.1f} Gy more at "
             f"{steps[0]:g} GBq ({worst.source})"), budgets, models=models)
     else:
-        limiting = min(budgets, key=lambda b: b.max_activity_gbq)
-        activity = limiting.max_activity_gbq
+        activity = min(allowed)
         tumour, p_response = _response(row, activity, measured, predicted, response)
-        reason = (f"{limiting.voi} reaches {limiting.quantity_at(activity):.1f} of "
-                  f"{limiting.limit_gy:g} Gy {limiting.quantity} (cumulative, upper bound "
-                  f"{limiting.dose_per_gbq_upper:.2f} Gy/GBq from {limiting.source})"
-                  if activity < steps[-1] else
-                  f"the top of the range; closest to its limit: {limiting.voi} at "
-                  f"{limiting.quantity_at(activity):.1f} of {limiting.limit_gy:g} Gy")
-        rec = Recommendation(patient_id, cycle, activity * 1000.0, limiting.organ,
-                             f"{activity:g} GBq: {reason}", budgets, tumour, p_response, models)
+        closest = max(budgets, key=lambda b: b.quantity_at(activity) / b.limit_gy)
+        if activity < steps[-1]:
+            limiting = min(budgets, key=lambda b: (b.max_activity_gbq,
+                                                   -b.quantity_at(activity) / b.limit_gy))
+            more = activity + float(rc["activity_gbq"]["step"])
+            reason = (f"limited by {limiting.organ}, {limiting.projection(activity, cycle)}; "
+                      f"{more:g} GBq would give {limiting.quantity_at(more):.1f} Gy")
+            organ, binding = limiting.organ, limiting.voi
+        else:
+            reason = (f"the top of the activity range ({steps[0]:g}-{steps[-1]:g} GBq); no "
+                      f"organ limits it. Closest to its limit: "
+                      f"{closest.projection(activity, cycle)}")
+            organ, binding = None, ACTIVITY_RANGE
+        rec = Recommendation(patient_id, cycle, activity * 1000.0, organ,
+                             f"{activity:g} GBq: {reason}", budgets, tumour, p_response, models,
+                             binding)
         if doubts:
             rec.explanation += "; quality: " + "; ".join(doubts)
         if p_response is not None:

@@ -178,10 +178,13 @@ def demo_command(
     workers: Annotated[int, typer.Option(help="parallel tasks")] = 2,
     engine: Annotated[str, typer.Option(help="local | ray")] = "local",
     seed: Annotated[int, typer.Option(help="cohort seed")] = 7,
-    lake: LakeOption = None,
+    lake: Annotated[Path | None, typer.Option("--lake", help=(
+        "the demo's lake folder (default ./demo_lake); its cohort, with the demo's own "
+        "pseudonym key, goes beside it in <lake>_cohort (default ./demo_lake_cohort)"))] = None,
 ) -> None:
     """The whole flow on a synthetic cohort: synthesise, ingest, dosimetry, features, models,
-    promotion, recommendations and a cohort report, with a short summary."""
+    promotion, recommendations and a cohort report, with a short summary. Writes ./demo_lake
+    and ./demo_lake_cohort (``make clean`` removes both)."""
     from theralake.pipelines.demo import DemoOptions, run_demo
 
     try:

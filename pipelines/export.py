@@ -36,6 +36,9 @@ def export(lake: Lake, patient_id: str, cycle: int, what: str, fmt: str, out: Pa
     if (what, fmt) in (("vois", "rtdose"), ("dose", "rtstruct"), ("tia", "rtstruct"),
                        ("tia", "rtdose")):
         raise LakeError(f"{what} cannot be written as {fmt}")
+    if lake.read("patients", "patient_id = ?", [patient_id]).empty:
+        raise LakeError(f"no patient {patient_id!r} in the lake at {lake.path} (theralake sql "
+                        "\"SELECT patient_id FROM patients\" lists them)")
     out.mkdir(parents=True, exist_ok=True)
     ct_row = _reference_ct(lake, patient_id, cycle, method)
     if what in ("dose", "tia"):

@@ -9,6 +9,7 @@ The cohort report is :func:`theralake.pipelines.report_cohort.cohort_report`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from theralake.ingest.cli import LakeOption
 from theralake.lake import Lake, LakeError, Volume, views
 from theralake.modeling.cli import ConfigOption
 from theralake.modeling.dataset import load_modeling_config
+from theralake.modeling.recommend import ACTIVITY_RANGE, VoiBudget
 from theralake.pipelines import report_figures as figs
 from theralake.pipelines.report_html import (
     Html,
@@ -286,7 +288,10 @@ def _doses(od: pd.DataFrame, admins: pd.DataFrame, config: dict) -> Html:
         rows = rows.set_index("voi").loc[_order(list(rows.voi), config)].reset_index()
         out = pd.DataFrame({"VOI": rows.voi.map(figs.label)})
         for col, (head, digits) in DOSE_COLUMNS.items():
-            out[head] = rows[col].map(lambda v, d=digits: num(v, d))
+            sigma = rows.get(SIGMA_COLUMNS.get(col, ""), pd.Series(index=rows.index,
+                                                                   dtype=float))
+            out[head] = [_with_sd(v, sd, digits) for v, sd in zip(rows[col], sigma,
+                                                                  strict=True)]
         out["TIA from"] = [_tia_from(r) for r in rows.to_dict("records")]
         out["dose map mean (Gy)"] = rows.get("map_mean_dose_gy", pd.Series(
             index=rows.index, dtype=float)).map(lambda v: num(v, 2))
@@ -295,8 +300,11 @@ def _doses(od: pd.DataFrame, admins: pd.DataFrame, config: dict) -> Html:
         activity = therapy.get(cycle)
         parts.append(subsection(
             f"Cycle {cycle}" + (f": {num(activity / 1000, 2)} GBq" if activity else ""),
-            table(out, caption=f"method {', '.join(sorted(rows.method.unique()))}; cumulative: "
-                               "this and the earlier cycles")))
+            table(out, caption=f"method {', '.join(sorted(rows.method.unique()))}; ± one "
+                               "standard uncertainty (the TIA's, carried into dose, BED and "
+                               "EQD2; none shown where none is recorded); cumulative: this and "
+                               "the earlier cycles; tumor total: the union of the lesions "
+                               "(TIA and mass summed, doses mass-weighted)")))
     basis = od.dose_basis.dropna().iloc[0] if "dose_basis" in od and \
         od.dose_basis.notna().any() else None
     return Html(note("Absorbed dose: " + (basis or "the dosimetry's VOI dose") + ". The dose "
@@ -307,6 +315,16 @@ def _doses(od: pd.DataFrame, admins: pd.DataFrame, config: dict) -> Html:
 
 
 QUALITY_LEVEL = {"pass": "ok", "warn": "warn", "fail": "bad"}
+SIGMA_COLUMNS = {"tia_mbq_h": "tia_sigma_mbq_h", "absorbed_dose_gy": "absorbed_dose_sigma_gy",
+                 "bed_gy": "bed_sigma_gy", "eqd2_gy": "eqd2_sigma_gy"}
+
+
+def _with_sd(value: object, sd: object, digits: int) -> str:
+    """``value ± sd``, or the value alone where no uncertainty is recorded."""
+    text = num(value, digits)
+    if text == num(None) or sd is None or pd.isna(sd) or not np.isfinite(float(sd)):
+        return text
+    return f"{text} ± {num(sd, digits)}"
 
 
 def _tia_from(row: dict) -> str:
@@ -403,7 +421,7 @@ def _recommendation(lake: Lake, patient_id: str) -> Html:
     parts = [Html(f'<div class="callout"><b>Cycle {int(r.cycle)}: {esc(activity)}</b><br>'
                   f"{esc(r.explanation or '')}</div>"),
              facts([("recommended activity", activity),
-                    ("limiting organ", figs.label(r.limiting_organ or "–")),
+                    ("what binds", _binding(r, d)),
                     ("predicted tumour dose (Gy)", num(d.get("tumour_dose_gy"), 1)),
                     ("response probability", num(d.get("response_probability"), 2)),
                     ("date", f"{r.created_utc:%Y-%m-%d %H:%M}")])]
@@ -411,10 +429,17 @@ def _recommendation(lake: Lake, patient_id: str) -> Html:
     if budgets.empty:
         parts.append(unavailable("the recommendation holds no organ budgets"))
     else:
+        gbq = r.activity_mbq / 1000 if pd.notna(r.activity_mbq) else None
+        projected = [VoiBudget(**{k: v for k, v in b.items() if k in BUDGET_FIELDS}
+                               ).quantity_at(gbq) if gbq else None
+                     for b in d.get("budgets", [])]
         parts.append(subsection("What it rests on: organ budgets", table(pd.DataFrame({
             "VOI": budgets.voi.map(figs.label), "organ": budgets.organ.map(figs.label),
             "quantity": budgets.quantity.map(QUANTITY), "limit (Gy)": budgets.limit_gy.map(num),
             "earlier cycles (Gy)": budgets.prior_gy.map(num),
+            "this cycle (Gy)": [num(p - q if p is not None else None) for p, q in
+                                zip(projected, budgets.prior_gy, strict=True)],
+            "projected cumulative (Gy)": [num(p) for p in projected],
             "dose per activity (Gy/GBq)": budgets.dose_per_gbq.map(num),
             "upper bound used (Gy/GBq)": budgets.dose_per_gbq_upper.map(num),
             "allows (GBq)": budgets.max_activity_gbq.map(num),
@@ -423,7 +448,9 @@ def _recommendation(lake: Lake, patient_id: str) -> Html:
     parts.append(note("Models: " + (", ".join(f"{k} {v}" for k, v in models.items()) or
                                     "none (measured dosimetry only)") +
                       ". The highest activity step at which every organ's cumulative quantity "
-                      "with the upper bound of this cycle's dose stays under its limit."))
+                      "with the upper bound of this cycle's dose stays under its limit. Earlier "
+                      "cycles: the organ table's cumulative BED (EQD2, dose) of the last cycle; "
+                      "this cycle: at the recommended activity and the upper bound."))
     if len(recs) > 1:
         older = recs.iloc[1:]
         parts.append(subsection("Earlier recommendations", table(pd.DataFrame({
@@ -432,6 +459,19 @@ def _recommendation(lake: Lake, patient_id: str) -> Html:
             "limiting organ": older.limiting_organ.fillna("–").map(figs.label),
             "explanation": older.explanation}), ["limiting organ"], wrap=["explanation"])))
     return Html("".join(parts))
+
+
+BUDGET_FIELDS = {f.name for f in dataclasses.fields(VoiBudget)}
+
+
+def _binding(r: pd.Series, details: dict) -> str:
+    """What stops a higher activity: an organ (VOI), or the top of the activity range."""
+    if details.get("binding") == ACTIVITY_RANGE:
+        return "the top of the activity range"
+    if r.limiting_organ:
+        voi = details.get("binding")
+        return figs.label(r.limiting_organ) + (f" ({figs.label(voi)})" if voi else "")
+    return "–"
 
 
 # ------------------------------------------------------------------------ CLI

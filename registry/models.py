@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +24,8 @@ from theralake.registry import tracking
 
 CHAMPION = "champion"
 KEY_METRICS = ("harrell_c", "harrell_c_lower", "uno_c", "ibs", "auc", "auc_lower",
-               "calibration_slope", "coverage", "median_abs_rel_error",
+               "calibration_slope", "coverage", "median_abs_rel_error", "spearman_min_lower",
+               "error_ratio_to_median",
                "organ_median_abs_rel_error", "lesion_median_abs_rel_error", "organ_error_ratio")
 
 
@@ -63,18 +64,26 @@ def list_models(lake: object) -> pd.DataFrame:
 
 
 def check_gate(metrics: dict[str, float], gate: dict[str, dict]) -> list[str]:
-    """The gate's failures (empty: passed). A missing metric fails."""
-    failures = []
-    for metric, bounds in gate.items():
-        value = metrics.get(metric)
-        if value is None:
-            failures.append(f"{metric}: not measured by the run")
-            continue
-        if "min" in bounds and value < bounds["min"]:
-            failures.append(f"{metric} = {value:.3f} < {bounds['min']}")
-        if "max" in bounds and value > bounds["max"]:
-            failures.append(f"{metric} = {value:.3f} > {bounds['max']}")
-    return failures
+    """The gate's failures (empty: passed). A missing metric fails. Bounds: ``min`` and
+    ``max`` (inclusive), ``above`` and ``below`` (strict)."""
+    return [f for metric, bounds in gate.items()
+            for f in _criterion(metric, metrics.get(metric), bounds)[1]]
+
+
+def _criterion(metric: str, value: float | None, bounds: dict) -> tuple[str, list[str]]:
+    """A gate criterion in words (``metric >= 0.6``) and its failures for ``value``."""
+    words = " and ".join(f"{metric} {op} {bounds[k]}" for k, op in
+                         (("min", ">="), ("above", ">"), ("max", "<="), ("below", "<"))
+                         if k in bounds)
+    if value is None:
+        return words, [f"{metric}: not measured by the run"]
+    fails = {"min": value < bounds.get("min", -math.inf),
+             "above": value <= bounds.get("above", -math.inf),
+             "max": value > bounds.get("max", math.inf),
+             "below": value >= bounds.get("below", math.inf)}
+    signs = {"min": "<", "above": "<=", "max": ">", "below": ">="}
+    return words, [f"{metric} = {value:.3f} {signs[k]} {bounds[k]}" for k, bad in fails.items()
+                   if bad]
 
 
 def promote(lake: object, name: str, version: str | int, config: dict | None = None) -> Path:
@@ -128,7 +137,9 @@ def model_card(lake: object, name: str, version: str, gate: dict | None = None) 
     shown = {"survival": ["harrell_c", "uno_c", "td_auc", "ibs", "calibration_slope",
                           "calibration_intercept", "logrank_p_risk", "logrank_p_dose"],
              "binary": ["auc", "brier", "calibration_slope", "calibration_intercept"],
-             "regression": ["median_abs_rel_error", "coverage", "median_rel_width"],
+             "regression": ["median_abs_rel_error", "coverage", "median_rel_width",
+                            "spearman_min", "baseline_median_abs_rel_error",
+                            "error_ratio_to_median"],
              "voxel": ["organ_median_abs_rel_error", "lesion_median_abs_rel_error",
                        "voxel_mae_gy_per_gbq", "baseline_organ_median_abs_rel_error",
                        "baseline_lesion_median_abs_rel_error", "baseline_voxel_mae_gy_per_gbq",
@@ -177,7 +188,7 @@ def model_card(lake: object, name: str, version: str, gate: dict | None = None) 
         "", "| metric | value |", "|---|---|",
         *[f"| {k} | {metric(k)} |" for k in shown.get(kind, []) if k in m],
         "", "## Promotion gate",
-        *([f"- {k}: {json.dumps(v)}" for k, v in gate.items()] if gate else ["- not checked"]),
+        *(_gate_lines(m, gate) if gate else ["- not checked"]),
         "", "## Limits (TRIPOD+AI 27)",
         "- Internal validation only; external validation on another centre's patients is "
         "needed before clinical use.",
@@ -186,6 +197,17 @@ def model_card(lake: object, name: str, version: str, gate: dict | None = None) 
         "- Trained on synthetic patients when the dataset came from `theralake synth`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _gate_lines(metrics: dict[str, float], gate: dict[str, dict]) -> list[str]:
+    """Each criterion of the gate with the run's value and whether it passed."""
+    out = ["| criterion | value | passed |", "|---|---|---|"]
+    for metric, bounds in gate.items():
+        value = metrics.get(metric)
+        words, failures = _criterion(metric, value, bounds)
+        shown = "not measured" if value is None else f"{value:.3f}"
+        out.append(f"| {words} | {shown} | {'no' if failures else 'yes'} |")
+    return out
 
 
 def load_model(lake: object, name: str, alias: str, dst: str | Path) -> tuple[object, str]:

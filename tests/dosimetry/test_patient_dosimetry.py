@@ -71,12 +71,56 @@ def test_organ_and_lesion_tia_and_dose_against_truth(cohort, result, method):
     assert (err.mass_g / err.mass_g_true - 1).abs().loc[list(ORGANS)].max() < 0.03
 
 
+def test_tumour_total_is_the_union_of_the_lesions(cohort, result):
+    """tumor_total (the union of the lesions): TIA and mass summed, dose and BED their
+    mass-weighted means, uncertainties in quadrature; against the generator's union."""
+    lake, pid, truth, _, volumes = cohort
+    res, _ = result
+    rows = pd.DataFrame(res.organ_rows).set_index("voi")
+    lesions, total = rows[rows.index.str.startswith("lesion_")], rows.loc["tumor_total"]
+    assert len(lesions) >= 2 and total.voi_id is None
+    assert total.mass_g == pytest.approx(lesions.mass_g.sum())
+    assert total.tia_mbq_h == pytest.approx(lesions.tia_mbq_h.sum())
+    weights = lesions.mass_g / lesions.mass_g.sum()
+    assert total.absorbed_dose_gy == pytest.approx((weights * lesions.absorbed_dose_gy).sum())
+    assert total.bed_gy == pytest.approx((weights * lesions.bed_gy).sum())
+    assert total.tia_sigma_mbq_h == pytest.approx(np.sqrt((lesions.tia_sigma_mbq_h ** 2).sum()))
+    assert 0 < total.absorbed_dose_sigma_gy < total.absorbed_dose_gy
+    assert set(lesions.voi_id) <= set(total.input_ids)
+    err = _errors(res.organ_rows, truth, volumes)
+    assert abs(err.loc["tumor_total", "tia_err"]) < 0.10, err.loc["tumor_total", "tia_err"]
+    # the generator's union dose is the same mass-weighted mean of its lesions' doses
+    true = err[err.index.str.startswith("lesion_")]
+    assert err.loc["tumor_total", "absorbed_dose_gy_true"] == pytest.approx(
+        (true.mass_g_true * true.absorbed_dose_gy_true).sum() / true.mass_g_true.sum(), rel=1e-3)
+    found = {f.voi: f for f in res.findings if f.check == "tumour_total"}
+    assert found["tumor_total"].status in ("pass", "warn")
+    dataset = lake.read("organ_dosimetry", "voi = 'tumor_total'")
+    assert len(dataset) >= 1 and dataset.absorbed_dose_gy.notna().all()
+
+
+def test_every_dose_has_an_uncertainty(result):
+    """Whatever the fit (here 4 time points), each VOI's TIA, dose and BED have a finite,
+    positive standard uncertainty, BED's by its derivative."""
+    res, _ = result
+    rows = pd.DataFrame(res.organ_rows).set_index("voi")
+    for col in ("tia_sigma_mbq_h", "absorbed_dose_sigma_gy", "bed_sigma_gy", "eqd2_sigma_gy"):
+        assert (rows[col] > 0).all() and np.isfinite(rows[col]).all(), col
+    kidney = rows.loc["kidney_left"]
+    rel = kidney.tia_sigma_mbq_h / kidney.tia_mbq_h
+    assert kidney.absorbed_dose_sigma_gy == pytest.approx(rel * kidney.absorbed_dose_gy)
+    k = (kidney.bed_gy - kidney.absorbed_dose_gy) / kidney.absorbed_dose_gy ** 2
+    assert kidney.bed_sigma_gy == pytest.approx(
+        kidney.absorbed_dose_sigma_gy * (1 + 2 * k * kidney.absorbed_dose_gy), rel=1e-6)
+
+
 def test_lake_rows_are_complete_and_idempotent(cohort, result):
     lake, pid = cohort[:2]
     res, config = result
     n_tp = len(lake.read("images", "patient_id = ? AND kind = 'spect' AND cycle = 1", [pid]))
     mine = ["params_hash = ?", [config_hash(config)]]
-    assert len(lake.read("tacs", *mine)) == n_tp * len(res.organ_rows)
+    measured = [r for r in res.organ_rows if r["voi"] != "tumor_total"]  # tumor_total: a sum
+    assert len(lake.read("tacs", *mine)) == n_tp * len(measured)
     assert len(lake.read("dose_maps", *mine)) == 2
     # the later time points onto the reference (the PET/CT has its own contours: untouched)
     regs = lake.read("registrations", *mine)

@@ -94,6 +94,51 @@ def test_an_implausible_fit_is_a_finding():
     assert found["tia_uncertain"].value > 0.5
 
 
+def test_a_trapezoid_carries_the_uncertainty_of_its_tail():
+    """The trapezoid's TIA uncertainty goes through its fitted tail, also where the tail's
+    rate is clipped at physical decay (the delta method saw no tail there), and matches an
+    independent Monte Carlo of the same rule; never 0 without a sigma (issue 18, item 2)."""
+    t = np.array([4.0, 24.0, 168.0])
+    a = np.array([60.0, 100.0, 97.0])  # still near its peak at 168 h: tail at physical decay
+    s = 0.05 * a
+    fit = kinetics.fit_tac(t, a, "trapezoid", sigma_mbq=s, decay_constant_per_h=LAM_LU,
+                           segments="log-down")
+    assert fit.at_bound == ["lambda_tail_per_h"]
+    rng = np.random.default_rng(7)
+    draws = [kinetics.fit_tac(t, np.clip(a + rng.normal(0, s), 1e-6, None), "trapezoid",
+                              decay_constant_per_h=LAM_LU, segments="log-down").tia_mbq_h
+             for _ in range(800)]
+    assert fit.tia_sd_mbq_h == pytest.approx(np.std(draws), rel=0.15)
+    # the tail after 168 h alone varies with the last point: more than the old 0 for it
+    assert fit.tia_sd_mbq_h > 0.05 * fit.tia_after_last_mbq_h
+    bare = kinetics.fit_tac(t, a, "trapezoid", decay_constant_per_h=LAM_LU)
+    assert 0 < bare.tia_sd_mbq_h < bare.tia_mbq_h and "assumed 10%" in bare.reasons[0]
+    res = integrate(t, a, "lesion_001", SETTINGS, LAM_LU, None, "Lu-177")
+    assert res.tia_sd_mbq_h > 0
+    assert res.parameters["tia_sd_mbq_h"] == pytest.approx(res.tia_sd_mbq_h)  # one record
+
+
+def test_a_fit_at_its_bound_or_mostly_extrapolated_is_implausible():
+    """A lesion retaining everything (effective half-life = the physical one, the fit's
+    bound) with more than half its TIA after the last point is a warning, not 'plausible'
+    (issue 18, item 5)."""
+    t = np.array([4.0, 24.0, 150.0])
+    a = 80.0 * np.exp(-LAM_LU * t)
+    res = integrate(t, a, "lesion_002", SETTINGS, LAM_LU, "Lu-177 PSMA-617", "Lu-177")
+    found = {f.check: f for f in res.findings}
+    assert not res.plausible and not res.parameters["plausible"]
+    assert found["fit_at_bound"].status == "warn"
+    assert "physical half-life" in found["fit_at_bound"].message
+    assert found["tia_extrapolated"].value == pytest.approx(math.exp(-LAM_LU * 150.0), abs=0.02)
+    assert any("extrapolated" in r for r in res.parameters["reasons"])
+    # a kidney with biological washout, imaged to 168 h: neither
+    falling, _ = _bi([4.0, 24.0, 168.0], 40.9, 1.5)
+    ok = integrate(np.array([4.0, 24.0, 168.0]), falling, "kidney_left", SETTINGS, LAM_LU,
+                   None, "Lu-177")
+    assert ok.plausible and not {"fit_at_bound", "tia_extrapolated"} & {
+        f.check for f in ok.findings}
+
+
 def test_sphere_recovery_matches_a_monte_carlo():
     rng = np.random.default_rng(3)
     radius = (3 * 10 * 1000 / (4 * math.pi)) ** (1 / 3)  # 10 mL

@@ -89,6 +89,36 @@ def test_dataset_refusals(cohort, config, tmp_path):
         build_dataset(Lake(tmp_path / "empty"), "pfs", None, config)
 
 
+def test_a_feature_group_without_a_column_is_refused(cohort, config):
+    """A named group that resolves to no usable column refuses the dataset with its name and
+    why; before, the model trained on the other groups alone (issue 18, item 1)."""
+    config["feature_sets"]["nodose"] = ["dosimetry/no_such_voi/absorbed_dose_gy"]
+    with pytest.raises(DatasetError, match=r"feature group 'nodose' of 'clinical\+nodose' "
+                                           r"gives no usable column \(no column of the lake"):
+        build_dataset(cohort, "pfs", "clinical+nodose", config)
+    config["feature_sets"]["drug"] = ["clinical/prior_therapies", "clinical/sex=*"]
+    frame = patient_frame(cohort, config)
+    assert frame["clinical/sex=M"].nunique() == 1  # the only sex level: constant, dropped
+    ds = build_dataset(cohort, "pfs", "clinical+drug", config)  # one usable column is enough
+    assert "clinical/prior_therapies" in ds.X.columns
+    config["feature_sets"]["drug"] = ["clinical/sex=*"]
+    with pytest.raises(DatasetError, match=r"'drug'.*clinical/sex=M: constant"):
+        build_dataset(cohort, "pfs", "clinical+drug", config)
+
+
+def test_lesion_summaries_feed_the_dataset(cohort, config):
+    """Per-lesion rows reach the models through the cycle's lesion summaries."""
+    frame = patient_frame(cohort, config)
+    od = cohort.read("organ_dosimetry", "cycle = 1")
+    lesions = od[od.voi.str.startswith("lesion_")].groupby("patient_id").absorbed_dose_gy
+    pid = lesions.size().index[0]
+    assert frame.loc[pid, "dosimetry/lesions/count"] == lesions.size()[pid]
+    assert frame.loc[pid, "dosimetry/lesions/min_absorbed_dose_gy"] == pytest.approx(
+        lesions.min()[pid])
+    ds = build_dataset(cohort, "pfs", "clinical+lesion_dose", config)
+    assert "dosimetry/lesions/min_absorbed_dose_gy" in ds.X.columns
+
+
 def test_tumour_dose_adds_the_documented_margin(cohort, config):
     """Cox with the tumour dose beats Cox without it; the paired bootstrap interval of the
     C-index difference excludes 0 and holds the generator's documented margin."""

@@ -15,7 +15,7 @@ from theralake.lake import Lake
 from theralake.modeling.dataset import load_modeling_config
 from theralake.modeling.recommend import RecommendationError, recommend
 from theralake.modeling.train import train
-from theralake.registry.models import PromotionRefused, list_models, promote
+from theralake.registry.models import PromotionRefused, list_models, model_card, promote
 from theralake.registry.tracking import client
 from theralake.synth.config import SynthConfig
 from theralake.synth.truth_lake import write_truth_lake
@@ -116,6 +116,36 @@ def test_recommendation_respects_true_limits_when_intervals_cover(trained):
     assert {"budgets", "models", "response_probability"} <= set(detail)
 
 
+def test_a_dose_model_without_skill_is_refused(trained, monkeypatch):
+    """Trained on shuffled targets, the dose model still has calibrated intervals and a small
+    median error (doses per GBq vary little), which the old gate took for skill; the rank
+    correlation and the cohort-median baseline refuse it, and its card-to-be would say why
+    (issue 18, item 3)."""
+    import theralake.modeling.train as train_module
+    from theralake.registry.models import check_gate
+
+    lake, cfg, dose, _, _ = trained
+    real = train_module.build_dataset
+
+    def shuffled(*args, **kwargs):  # noqa: ANN002, ANN003
+        ds = real(*args, **kwargs)
+        order = np.random.default_rng(0).permutation(len(ds.y))
+        ds.y = ds.y.iloc[order].set_axis(ds.y.index)
+        return ds
+
+    monkeypatch.setattr(train_module, "build_dataset", shuffled)
+    noise = train(lake, "dose", "ridge", config=cfg, progress=False)
+    old_gate = {"coverage": {"min": 0.85}, "median_abs_rel_error": {"max": 0.25}}
+    assert check_gate(noise.cv.metrics, old_gate) == []  # what let it through before
+    with pytest.raises(PromotionRefused, match="spearman_min_lower") as refused:
+        promote(lake, "theralake-dose", noise.version, cfg)
+    assert "error_ratio_to_median" in str(refused.value)
+    assert dose.cv.metrics["spearman_min_lower"] > 0  # the real model has skill
+    assert dose.cv.metrics["error_ratio_to_median"] < 1
+    card = model_card(lake, "theralake-dose", dose.version, cfg["promotion"]["regression"])
+    assert "| spearman_min_lower > 0.0 | " in card and "| yes |" in card
+
+
 def test_later_cycle_uses_measured_dose_and_cli(trained):
     lake, cfg, _, _, held = trained
     rec = recommend(lake, held[0], 2, cfg, write=False)
@@ -131,6 +161,7 @@ def test_later_cycle_uses_measured_dose_and_cli(trained):
                                    "--lake", str(lake.path)])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
-    assert out["limiting_organ"] in ("kidneys", "salivary_glands", "red_marrow")
+    assert out["limiting_organ"] in ("kidneys", "salivary_glands", "red_marrow") or (
+        out["limiting_organ"] is None and out["binding"] == "activity_range")
     res = CliRunner().invoke(app, ["models", "list", "--lake", str(lake.path)])
     assert "theralake-dose" in res.output and "@champion" in res.output

@@ -165,6 +165,11 @@ def test_cli_export_nifti(tmp_path, small_lake):
     res = runner.invoke(app, ["export", "--out", str(out), "--image-id", "nope",
                               "--lake", str(small_lake)])
     assert res.exit_code == 2 and "no row with id 'nope'" in res.output
+    # an unknown patient is named as such, not sent to run the dosimetry (issue 18, item 7)
+    res = runner.invoke(app, ["export", "--patient", "P-unknown", "--cycle", "1", "--what",
+                              "dose", "--out", str(tmp_path / "x"), "--lake", str(small_lake)])
+    assert res.exit_code == 2 and "no patient 'P-unknown' in the lake" in res.output
+    assert "dosimetry" not in res.output
 
 
 _SLOW_CLI = """

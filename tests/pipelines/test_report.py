@@ -104,12 +104,17 @@ def test_patient_report_holds_the_lake_numbers(built):
                              built["cfg"]["dosimetry_methods"]).set_index(["cycle", "voi"])
     for cycle in (1, 2):
         row = od.loc[(cycle, "kidney_left")]
-        assert _cell(row.absorbed_dose_gy) in html
-        assert _cell(row.bed_gy) in html and _cell(row.cumulative_bed_gy) in html
+        # each dose with its standard uncertainty (issue 18, item 2: reports showed ± 0/inf)
+        assert f">{num(row.absorbed_dose_gy)} ± {num(row.absorbed_dose_sigma_gy)}<" in html
+        assert f">{num(row.bed_gy)} ± {num(row.bed_sigma_gy)}<" in html
+        assert _cell(row.cumulative_bed_gy) in html
+        assert row.absorbed_dose_sigma_gy > 0
+    assert "± 0<" not in html and "± inf" not in html and "± 0.00<" not in html
     doses = html[html.index('id="doses"'):html.index('id="limits"')]
     cycle1 = doses[:doses.index("<h3>Cycle 2")]
     assert re.search(r"kidney left</td>(<td[^>]*>[^<]*</td>){2}<td class=\"n\">"
                      + re.escape(num(od.loc[(1, "kidney_left")].absorbed_dose_gy)), cycle1)
+    assert "tumor total" in doses  # the union of the lesions, measured
     admins = lake.read("administrations", "patient_id = ? AND purpose = 'therapy'", [pid])
     for mbq in admins.activity_mbq:
         assert _cell(mbq, 0) in html and _cell(mbq / 1000) in html

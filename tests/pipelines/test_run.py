@@ -94,6 +94,21 @@ def test_reference_run_fills_the_lake_and_logs_each_task(reference: Lake):
     assert (log.end_utc >= log.start_utc).all() and log.worker.str.contains(":").all()
 
 
+def test_the_measured_tumour_dose_reaches_the_survival_dataset(reference: Lake):
+    """The flow's own dosimetry (not the generator's truth) gives tumor_total, so the pfs
+    model's default feature set clinical+tumour_dose holds the tumour dose (issue 18, item 1:
+    it trained on clinical columns alone)."""
+    from theralake.modeling.dataset import build_dataset, load_modeling_config, patient_frame
+
+    config = load_modeling_config()
+    config["validation"].update(min_events=0, min_events_per_feature=0)
+    od = reference.read("organ_dosimetry", "voi = 'tumor_total'")
+    assert set(od.cycle) == {1, 2} and od.absorbed_dose_gy.gt(0).all()
+    column = "dosimetry/tumor_total/absorbed_dose_gy"
+    assert patient_frame(reference, config)[column].notna().all()
+    assert column in build_dataset(reference, "pfs", None, config).X.columns
+
+
 def test_rerun_skips_everything_and_a_new_patient_runs_alone(reference: Lake, cohort: Path,
                                                             tmp_path: Path):
     before = reference.counts()
@@ -167,13 +182,31 @@ def _workers_in_dosimetry(proc: subprocess.Popen, lake_path: Path, output: Path,
     return workers
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _busy(workers: list[int], timeout: float = 60.0) -> int:
+    """The worker using the CPU (running a task; an idle one waits on its queue)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        before = {w: _cpu_ticks(w) for w in workers}
+        time.sleep(0.5)
+        used = {w: _cpu_ticks(w) - before[w] for w in workers}
+        busiest = max(used, key=used.get)
+        if used[busiest] >= 0.1 * os.sysconf("SC_CLK_TCK"):  # >= 0.1 s of CPU in 0.5 s
+            return busiest
+    raise AssertionError(f"no busy worker among {workers}")
+
+
 def test_killed_worker_is_retried_and_a_crashed_run_resumes_to_the_same_lake(
         reference: Lake, cohort: Path, tmp_path: Path):
     lake_path, output = tmp_path / "lake", tmp_path / "run.out"
     proc = _start_run(cohort, lake_path, STEPS, output)
     try:
-        workers = _workers_in_dosimetry(proc, lake_path, output, 3)
-        os.kill(workers[0], signal.SIGKILL)
+        workers = _workers_in_dosimetry(proc, lake_path, output, 1)
+        os.kill(_busy(workers), signal.SIGKILL)  # a worker known to be running a task
         _wait_for(lambda: _done(lake_path, "dosimetry"), 240, proc, output)
         os.killpg(proc.pid, signal.SIGKILL)  # the whole run crashes
         proc.wait(30)
