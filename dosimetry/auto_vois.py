@@ -13,6 +13,10 @@ Backends (``segmentation.backend`` in the dosimetry settings), loaded by the cal
   (``organ-segmenter@champion``, trained by ``theralake train-seg``).
 - ``totalsegmentator``: TotalSegmentator (Wasserthal et al., Radiol Artif Intell 2023), used
   only when the package and its weights are installed (:func:`totalsegmentator_segmenter`).
+  Each organ is asked of the task that has it (``TOTALSEGMENTATOR_CLASSES``: the abdominal
+  organs of ``total``, the salivary glands of ``head_glands_cavities``, the body of ``body``);
+  organs no task has (lacrimal glands, red marrow) are not offered, so they stay missing
+  with the quality record's ``organ_missing`` warning.
 - ``auto``: ``monai`` when the registry holds a champion, else ``totalsegmentator`` when
   installed, else none (organs without contours are then missing, with a warning).
 - ``none``.
@@ -21,6 +25,7 @@ Backends (``segmentation.backend`` in the dosimetry settings), loaded by the cal
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -32,10 +37,21 @@ import SimpleITK as sitk
 
 from theralake.lake import Volume
 
-__all__ = ["BACKENDS", "Segmenter", "SegmentationUnavailable", "totalsegmentator_available",
-           "totalsegmentator_segmenter"]
+__all__ = ["BACKENDS", "TOTALSEGMENTATOR_CLASSES", "Segmenter", "SegmentationUnavailable",
+           "totalsegmentator_available", "totalsegmentator_segmenter"]
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "monai", "totalsegmentator", "none")
+#: VOI -> (the TotalSegmentator task that has it, the classes whose union it is)
+TOTALSEGMENTATOR_CLASSES: dict[str, tuple[str, tuple[str, ...]]] = {
+    **{organ: ("total", (organ,)) for organ in (
+        "liver", "spleen", "kidney_left", "kidney_right", "urinary_bladder")},
+    **{gland: ("head_glands_cavities", (gland,)) for gland in (
+        "parotid_gland_left", "parotid_gland_right", "submandibular_gland_left",
+        "submandibular_gland_right")},
+    "body": ("body", ("body_trunc", "body_extremities")),
+}
 
 
 class SegmentationUnavailable(RuntimeError):
@@ -68,7 +84,8 @@ def totalsegmentator_available() -> bool:
 
 
 def totalsegmentator_segmenter(organs: Iterable[str]) -> Segmenter:
-    """TotalSegmentator (its class names are the project's VOI names).
+    """TotalSegmentator, each organ asked of the task that has it (``TOTALSEGMENTATOR_CLASSES``;
+    the ``total`` task with a ``roi_subset``, the others whole).
 
     Raises:
         SegmentationUnavailable: not installed with its weights.
@@ -80,17 +97,42 @@ def totalsegmentator_segmenter(organs: Iterable[str]) -> Segmenter:
     from totalsegmentator.python_api import totalsegmentator  # optional dependency
 
     def run(ct: Volume, wanted: list[str]) -> dict[str, np.ndarray]:
+        tasks: dict[str, list[str]] = {}
+        for organ in wanted:
+            tasks.setdefault(TOTALSEGMENTATOR_CLASSES[organ][0], []).append(organ)
         out = {}
         with tempfile.TemporaryDirectory(prefix="theralake-ts-") as tmp:
-            src, dst = Path(tmp) / "ct.nii.gz", Path(tmp) / "masks"
+            src = Path(tmp) / "ct.nii.gz"
             sitk.WriteImage(ct.to_sitk(), str(src))
-            totalsegmentator(str(src), str(dst), roi_subset=wanted, quiet=True)
-            for organ in wanted:  # one NIfTI per class, named as the project names VOIs
-                path = dst / f"{organ}.nii.gz"
-                if path.exists():
-                    mask = sitk.Resample(sitk.ReadImage(str(path)), ct.to_sitk(),
-                                         sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-                    out[organ] = sitk.GetArrayFromImage(mask) > 0
+            for task, mine in tasks.items():
+                dst = Path(tmp) / task
+                classes = [c for o in mine for c in TOTALSEGMENTATOR_CLASSES[o][1]]
+                try:
+                    totalsegmentator(str(src), str(dst), task=task, quiet=True,
+                                     roi_subset=classes if task == "total" else None)
+                except Exception as exc:  # noqa: BLE001 - a task's weights or licence
+                    log.warning("TotalSegmentator task %s failed (%s): %s not segmented",
+                                task, exc, ", ".join(mine))
+                    continue
+                for organ in mine:
+                    mask = _union(dst, TOTALSEGMENTATOR_CLASSES[organ][1], ct)
+                    if mask is not None:
+                        out[organ] = mask
         return out
 
-    return Segmenter("totalsegmentator", "TotalSegmentator", tuple(organs), run)
+    offered = tuple(o for o in organs if o in TOTALSEGMENTATOR_CLASSES)
+    return Segmenter("totalsegmentator", "TotalSegmentator", offered, run)
+
+
+def _union(folder: Path, classes: tuple[str, ...], ct: Volume) -> np.ndarray | None:
+    """The union of a task's class masks (one NIfTI per class) on the CT's grid."""
+    found = None
+    for name in classes:
+        path = folder / f"{name}.nii.gz"
+        if not path.exists():
+            continue
+        mask = sitk.Resample(sitk.ReadImage(str(path)), ct.to_sitk(), sitk.Transform(),
+                             sitk.sitkNearestNeighbor, 0)
+        array = sitk.GetArrayFromImage(mask) > 0
+        found = array if found is None else found | array
+    return found

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.dosimetry.kernels import voxel_s_kernel
 from theralake.dosimetry.kinetics import fit_tac, select_tac_model
 from theralake.dosimetry.nuclides import get_nuclide
@@ -36,9 +37,11 @@ def tac(
     file: Path = typer.Argument(..., help="CSV with time_h, activity_mbq[, sigma]"),
     model: str = typer.Option("auto", help="auto|mono|bi|tri|trapezoid"),
     nuclide: str = typer.Option(None, help="nuclide, bounds clearance by physical decay"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    as_json: JsonOption = False,
     plot: Path = typer.Option(None, help="write a PNG of the data and fits"),
     bootstrap: int = typer.Option(0, help="parametric bootstrap resamples"),
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Fit a time-activity curve, compare models by AICc, and print the TIA."""
     t, a, s = _read_tac(file)
@@ -102,6 +105,9 @@ def kernel(
     density: float = typer.Option(1.0, help="medium density (g/cm³)"),
     beta_only: bool = typer.Option(False, help="beta electrons only (Lanconelli convention)"),
     out: Path = typer.Option(None, help="write kernel (.npy or .csv with i,j,k,value)"),
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Compute a voxel S-value kernel and print its central values in mGy/(MBq·s)."""
     try:
@@ -109,13 +115,20 @@ def kernel(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    typer.echo(f"{k.nuclide} voxel {k.voxel_mm} mm, density {k.density_g_cm3} g/cm3, "
-               f"{k.size}^3 voxels, mGy/(MBq·s)")
     half = k.size // 2
-    for ijk in ((0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1), (0, 0, 2)):
-        if max(ijk) <= half:
-            typer.echo(f"  {ijk}: {k.value(*ijk):.4e}")
-    typer.echo(f"energy absorbed in kernel volume: {k.absorbed_energy_mev() * 1000:.2f} keV/decay")
+    central = {str(ijk): k.value(*ijk) for ijk in ((0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1),
+                                                   (0, 0, 2)) if max(ijk) <= half}
+    absorbed_kev = k.absorbed_energy_mev() * 1000
+    if as_json:
+        print_json({"nuclide": k.nuclide, "voxel_mm": k.voxel_mm, "size": k.size,
+                    "density_g_cm3": k.density_g_cm3, "central_mgy_per_mbq_s": central,
+                    "absorbed_kev_per_decay": absorbed_kev, "out": out})
+    else:
+        typer.echo(f"{k.nuclide} voxel {k.voxel_mm} mm, density {k.density_g_cm3} g/cm3, "
+                   f"{k.size}^3 voxels, mGy/(MBq·s)")
+        for ijk, value in central.items():
+            typer.echo(f"  {ijk}: {value:.4e}")
+        typer.echo(f"energy absorbed in kernel volume: {absorbed_kev:.2f} keV/decay")
     if out is not None:
         arr = k.values_mgy_per_mbq_s
         if out.suffix == ".npy":
@@ -127,7 +140,8 @@ def kernel(
         else:
             typer.echo("error: --out must end in .npy or .csv", err=True)
             raise typer.Exit(code=2)
-        typer.echo(f"wrote {out}")
+        if not as_json:
+            typer.echo(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:

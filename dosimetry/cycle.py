@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,8 +130,10 @@ def _memo(registrar: Registrar) -> Registrar:
 
 
 def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | None = None,
-                  registrar: Registrar | None = None) -> CycleResult:
-    """The dosimetry of one patient-cycle (rows not written).
+                  registrar: Registrar | None = None,
+                  on_stage: Callable[[str], None] | None = None) -> CycleResult:
+    """The dosimetry of one patient-cycle (rows not written); ``on_stage`` hears the name of
+    each stage as it starts (a progress display).
 
     Raises:
         DosimetryError: no quantitative SPECT, a SPECT without CT or not overlapping it, no
@@ -151,10 +154,13 @@ def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | No
     grid = ref.spect
     result = CycleResult(inputs.patient_id, inputs.cycle, chash, ref.ct.row)
     result.findings.extend(_protocol_findings(points, ref_index, settings))
+    stage = on_stage or (lambda _: None)
     clock = time.perf_counter()
+    stage("registering the time points")
     moved, maps = _align(inputs, ref_index, settings, register, result)
     times = np.array([tp.time_h for tp in points])
     clock = result.lap("registration and resampling", clock)
+    stage("VOIs")
     found = assemble_vois(inputs, ref_index, moved, settings, register, segmenter, chash)
     result.add(found)
     result.add(pet_ct_vois(inputs, ref.ct, found.vois, settings, register, chash))
@@ -166,10 +172,12 @@ def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | No
     density = np.clip(to_grid(ref.ct.volume.like(density_ct.astype(np.float32)), grid, 0.001),
                       0.001, None)
     clock = result.lap("VOIs and density", clock)
+    stage("voxel fits and dose map")
     tia_map, dose_map, kernel = _voxel_maps(times, maps, density, grid, nuclide, settings,
                                             label, result)
     clock = result.lap("voxel TIA and dose maps", clock)
     vois = found.vois
+    stage("VOI activities, fits and doses")
     measured = measure_tacs(inputs, ref_index, maps, moved, vois, settings, segmenter, register,
                             chash)
     result.voi_rows.extend(measured.new_rows)

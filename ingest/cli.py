@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.ingest.runner import IngestOptions, ingest
 from theralake.lake import Lake
 
@@ -28,23 +29,28 @@ def register(app: typer.Typer) -> None:
             help="YAML column/VOI-name mapping (default: mapping.yaml in PATH)")] = None,
         keep_going: Annotated[bool, typer.Option(
             help="exit 0 even when inputs were skipped")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress, no summary "
-                                            "unless something was skipped")] = False,
+        quiet: QuietOption = False,
+        verbose: VerboseOption = False,
         new_key: Annotated[bool, typer.Option(
             "--new-key", help="create the pseudonymisation key file if it is missing (a new "
             "lake); a lake made with another key is refused")] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Ingest DICOM (CT, PT, NM, RTSTRUCT, SEG, RTDOSE), NIfTI + sidecars and CSV tables."""
-        if quiet:
+        if quiet or as_json:
             logging.getLogger("theralake").setLevel(logging.ERROR)
         try:
             report = ingest(path, Lake(lake), IngestOptions(
-                calibration_cps_per_mbq, calibration, mapping, show_progress=not quiet,
-                new_key=new_key))
+                calibration_cps_per_mbq, calibration, mapping,
+                show_progress=not (quiet or as_json), new_key=new_key))
         except FileNotFoundError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        if not quiet or report.skipped or report.warnings:
+        if as_json:
+            print_json({"objects": report.objects, "added": dict(report.added),
+                        "skipped": [{"source": e.source, "problem": e.problem}
+                                    for e in report.skipped], "warnings": report.warnings})
+        elif not quiet or report.skipped or report.warnings:
             typer.echo(report.summary())
         if report.skipped and not keep_going:
             raise typer.Exit(1)

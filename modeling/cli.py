@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.ingest.cli import LakeOption
 from theralake.lake import Lake, LakeError
 
@@ -42,8 +43,13 @@ def _metrics_table(metrics: dict[str, float], title: str) -> None:
     Console().print(table)
 
 
+def _trained(res: object, task: str, model: str, metrics: dict[str, float]) -> dict:
+    return {"task": task, "model": model, "run_id": res.run_id, "model_name": res.model_name,
+            "version": res.version, "metrics": metrics}
+
+
 def _train_voxel(task: str, config: Path | None, seed: int, register_model: bool,
-                 epochs: int | None, lake: Path | None) -> None:
+                 epochs: int | None, lake: Path | None, as_json: bool) -> None:
     from theralake.modeling.dataset import DatasetError, load_modeling_config
     from theralake.modeling.train_voxel import train_voxel
 
@@ -54,6 +60,10 @@ def _train_voxel(task: str, config: Path | None, seed: int, register_model: bool
                           register_model, epochs)
     except (DatasetError, LakeError, ValueError) as exc:
         _fail(exc)
+    if as_json:
+        print_json({**_trained(res, task, "voxel", res.metrics),
+                    "dataset_hash": res.dataset_hash})
+        return
     _metrics_table(res.metrics, f"dose / voxel (trained on {len(res.train_patients)} patients, "
                                 f"held out {len(res.held_out_patients)})")
     where = f"{res.model_name} version {res.version} @candidate" if res.version else "-"
@@ -73,7 +83,8 @@ def register(app: typer.Typer) -> None:
                           help="add a registry version with alias @candidate")] = True,
                       epochs: Annotated[int | None, typer.Option(
                           help="voxel model: training epochs (default: the config's)")] = None,
-                      lake: LakeOption = None) -> None:
+                      lake: LakeOption = None, as_json: JsonOption = False,
+                      quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
         """Validate a model by nested cross-validation, fit it on all patients, track it
         (--model voxel: fit on a patient split, score the held-out patients)."""
         from theralake.modeling.dataset import DatasetError, load_modeling_config
@@ -81,13 +92,19 @@ def register(app: typer.Typer) -> None:
 
         warnings.filterwarnings("ignore", category=UserWarning)
         if model == "voxel":
-            _train_voxel(task, config, seed, register_model, epochs, lake)
+            _train_voxel(task, config, seed, register_model, epochs, lake, as_json)
             return
         try:
             res = train(Lake(lake, create=False), task, model, features,
-                        load_modeling_config(config), seed, register_model)
+                        load_modeling_config(config), seed, register_model,
+                        progress=not as_json)
         except (DatasetError, LakeError, ValueError) as exc:
             _fail(exc)
+        if as_json:
+            print_json({**_trained(res, task, model, res.cv.metrics),
+                        "dataset_hash": res.dataset.hash, "patients": len(res.dataset.X),
+                        "events": res.dataset.n_events, "columns": list(res.dataset.X.columns)})
+            return
         _metrics_table(res.cv.metrics, f"{task} / {model} ({len(res.dataset.X)} patients, "
                                         f"{res.dataset.n_events} events)")
         where = f"{res.model_name} version {res.version} @candidate" if res.version else "-"
@@ -99,7 +116,8 @@ def register(app: typer.Typer) -> None:
                              help="a second feature set: paired bootstrap of the C-index "
                                   "difference (survival)")] = None,
                          config: ConfigOption = None, seed: int = 0,
-                         lake: LakeOption = None) -> None:
+                         lake: LakeOption = None, as_json: JsonOption = False,
+                      quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
         """Nested cross-validation only (nothing registered), optionally against a second
         feature set on the same patients."""
         from theralake.modeling.dataset import DatasetError, build_dataset, load_modeling_config
@@ -111,34 +129,47 @@ def register(app: typer.Typer) -> None:
         try:
             the_lake = Lake(lake, create=False)
             ds = build_dataset(the_lake, task, features, cfg)
-            cv = cross_validate(ds, model, cfg, seed)
-            _metrics_table(cv.metrics, f"{task} / {model} / {ds.feature_set}")
+            cv = cross_validate(ds, model, cfg, seed, progress=not as_json)
+            result = {"task": task, "model": model, "feature_set": ds.feature_set,
+                      "metrics": cv.metrics}
+            if not as_json:
+                _metrics_table(cv.metrics, f"{task} / {model} / {ds.feature_set}")
             if against:
                 other = build_dataset(the_lake, task, against, cfg)
                 common = ds.X.index.intersection(other.X.index)
-                cv2 = cross_validate(other, model, cfg, seed)
+                cv2 = cross_validate(other, model, cfg, seed, progress=not as_json)
                 keep = ds.X.index.isin(common)
                 diff = paired_c_difference(
                     ds.y[keep], cv.predictions.loc[common, "risk"].to_numpy(),
                     cv2.predictions.loc[common, "risk"].to_numpy(),
                     cfg["validation"]["bootstrap"], seed)
-                _metrics_table(cv2.metrics, f"{task} / {model} / {other.feature_set}")
-                _metrics_table(diff, f"C({other.feature_set}) - C({ds.feature_set})")
+                result["against"] = {"feature_set": other.feature_set, "metrics": cv2.metrics,
+                                     "difference": diff}
+                if not as_json:
+                    _metrics_table(cv2.metrics, f"{task} / {model} / {other.feature_set}")
+                    _metrics_table(diff, f"C({other.feature_set}) - C({ds.feature_set})")
         except (DatasetError, LakeError, ValueError) as exc:
             _fail(exc)
+        if as_json:
+            print_json(result)
 
     @models.command("list")
-    def models_list(lake: LakeOption = None) -> None:
+    def models_list(lake: LakeOption = None, as_json: JsonOption = False,
+                      quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
         """Registered models: versions, aliases and validation metrics."""
         from theralake.registry.models import list_models
 
         df = list_models(Lake(lake, create=False))
+        if as_json:
+            print_json(json.loads(df.to_json(orient="records")) if not df.empty else [])
+            return
         typer.echo(df.to_string(index=False, float_format=lambda v: f"{v:.3f}")
                    if not df.empty else "no registered model")
 
     @models.command("promote")
     def models_promote(name: str, version: str, config: ConfigOption = None,
-                       lake: LakeOption = None) -> None:
+                       lake: LakeOption = None, as_json: JsonOption = False,
+                      quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
         """Set NAME@champion to VERSION if its validation metrics pass the gate."""
         from theralake.modeling.dataset import load_modeling_config
         from theralake.registry.models import PromotionRefused, promote
@@ -148,30 +179,40 @@ def register(app: typer.Typer) -> None:
             card = promote(Lake(lake, create=False), name, version, load_modeling_config(config))
         except (PromotionRefused, ModelNotFoundError, LakeError) as exc:
             _fail(exc)
+        if as_json:
+            print_json({"name": name, "version": version, "alias": "champion", "card": card})
+            return
         typer.echo(f"{name} version {version} is @champion; model card: {card}")
 
     @models.command("card")
-    def models_card(name: str, version: str, lake: LakeOption = None) -> None:
+    def models_card(name: str, version: str, lake: LakeOption = None,
+                    as_json: JsonOption = False, quiet: QuietOption = False,
+                    verbose: VerboseOption = False) -> None:
         """Print the model card of a registered version."""
         from theralake.registry.models import model_card
         from theralake.registry.tracking import ModelNotFoundError
 
         try:
-            typer.echo(model_card(Lake(lake, create=False), name, version))
+            card = model_card(Lake(lake, create=False), name, version)
+            if as_json:
+                print_json({"name": name, "version": version, "card_markdown": card})
+            else:
+                typer.echo(card)
         except (ModelNotFoundError, LakeError) as exc:
             _fail(exc)
 
     @app.command("recommend")
     def recommend_command(patient: Annotated[str, typer.Option(help="lake patient_id")],
                           cycle: Annotated[int, typer.Option(help="the cycle to plan")],
-                          as_json: Annotated[bool, typer.Option("--json")] = False,
+                          as_json: JsonOption = False,
                           force: Annotated[bool, typer.Option(
                               "--force", help="recommend even when the dosimetry of an organ "
                               "at risk failed its quality checks")] = False,
                           dry_run: Annotated[bool, typer.Option(
                               "--dry-run", help="print the recommendation without writing it "
                               "to the lake (works on a read-only lake)")] = False,
-                          config: ConfigOption = None, lake: LakeOption = None) -> None:
+                          config: ConfigOption = None, lake: LakeOption = None,
+                          quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
         """Recommend the activity of the next cycle under the organ limits (champion models).
 
         Refused when the last measured cycle's dosimetry failed for an organ at risk (see
@@ -187,9 +228,8 @@ def register(app: typer.Typer) -> None:
         except (RecommendationError, ModelNotFoundError, LakeError) as exc:
             _fail(exc)
         if as_json:
-            typer.echo(json.dumps({"patient_id": patient, "cycle": cycle,
-                                   "explanation": rec.explanation, **rec.details()},
-                                  indent=2, default=float))
+            print_json({"patient_id": patient, "cycle": cycle,
+                        "explanation": rec.explanation, **rec.details()})
             return
         typer.echo(rec.explanation)
         for b in rec.budgets:

@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.dosimetry.registration_files import default_model_dir, weights_sha256
 from theralake.lake import Lake
 
@@ -97,6 +98,9 @@ def train_reg(
     max_pairs: Annotated[int | None, typer.Option(help="use at most this many pairs")] = None,
     out: Annotated[Path | None, typer.Option(help="model folder (default: in the lake)")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train the AI CT registration (MONAI VoxelMorph) used by --registration ai."""
     the_lake = Lake(lake, create=False)
@@ -106,6 +110,9 @@ def train_reg(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if as_json:
+        print_json(res)
+        return
     typer.echo(f"trained on {res.n_pairs} CT pairs, {res.epochs} epochs in "
                f"{res.train_seconds:.0f} s (final loss {res.final_loss:.4f})")
     typer.echo(f"model: {res.folder} (sha256 {res.sha256[:12]}), MLflow run {res.run_id}")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Annotated, NamedTuple
 import numpy as np
 import typer
 
+from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.lake import Lake, Volume
 
 if TYPE_CHECKING:
@@ -326,7 +327,9 @@ def train_seg(
     lake: Annotated[Path | None, typer.Option(
         "--lake", help="lake folder (default $THERALAKE_LAKE or ./lake)")] = None,
     epochs: Annotated[int, typer.Option(help="maximum training epochs")] = 200,
-    minutes: Annotated[float, typer.Option(help="training time limit (minutes)")] = 10.0,
+    minutes: Annotated[float, typer.Option(
+        "--max-minutes", "--minutes", help="stop after this wall time (minutes; --minutes is "
+        "the older spelling)")] = 10.0,
     val_fraction: Annotated[float, typer.Option(
         help="fraction of patients held out for Dice (0: none)")] = 0.2,
     alias: Annotated[str, typer.Option(help="registry alias: champion | candidate")
@@ -346,6 +349,9 @@ def train_seg(
     threads: Annotated[int, typer.Option(
         help="torch CPU threads (0: torch's default; 1 is often fastest on a busy machine)")
                        ] = 0,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train the CT organ segmenter on the lake's labelled CTs and register it in MLflow."""
     import torch
@@ -374,6 +380,13 @@ def train_seg(
     except (LakeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if as_json:
+        print_json({"model_name": res.model_name, "version": res.version, "alias": res.alias,
+                    "run_id": res.run_id, "epochs": res.epochs,
+                    "train_seconds": res.train_seconds, "train_cases": res.n_train_cases,
+                    "held_out_cases": res.n_val_cases, "dice": res.dice,
+                    "dice_mean": res.dice_mean if res.dice_per_case else None})
+        return
     typer.echo(f"trained on {res.n_train_cases} CTs of {len(res.train_patients)} patients "
                f"({res.epochs} epochs, {res.train_seconds:.1f} s); held out "
                f"{res.n_val_cases} CTs of {len(res.val_patients)} patients")

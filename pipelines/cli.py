@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +12,13 @@ from typing import Annotated
 
 import typer
 
+from theralake.cli_output import (
+    JsonOption,
+    QuietOption,
+    VerboseOption,
+    configure_logging,
+    print_json,
+)
 from theralake.dosimetry.cli import register as register_dosimetry
 from theralake.features.cli import register as register_features
 from theralake.ingest.cli import LakeOption
@@ -46,10 +53,14 @@ def sql_command(
     query: Annotated[str, typer.Argument(help="a DuckDB SQL query over the lake's tables")],
     lake: LakeOption = None,
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="the same as --format json")] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Query the lake with DuckDB SQL."""
     import duckdb
 
+    fmt = "json" if as_json else fmt
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter("--format must be table, csv or json")
     try:
@@ -97,23 +108,34 @@ def export_command(
     patient: Annotated[str | None, typer.Option(help="lake patient_id")] = None,
     cycle: Annotated[int | None, typer.Option(help="cycle")] = None,
     what: Annotated[str, typer.Option(help="dose | tia | vois")] = "dose",
-    fmt: Annotated[str, typer.Option("--format", help="nifti | rtdose | rtstruct")] = "nifti",
+    fmt: Annotated[str, typer.Option("--format", help="nifti | rtdose | rtstruct | seg")] = "nifti",
     method: Annotated[str | None, typer.Option(help="dose method (default: latest)")] = None,
     lake: LakeOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Export a patient-cycle's dose, TIA or VOIs (NIfTI, RTDOSE, RTSTRUCT) or any voxel row."""
+    """Export a patient-cycle's dose, TIA or VOIs (NIfTI, RTDOSE, RTSTRUCT, SEG) or any voxel
+    row."""
     from theralake.pipelines.export import export
 
     try:
         the_lake = Lake(lake, create=False)
         if image_id:
             dest = out / f"{image_id[:16]}.nii.gz" if out.suffix not in (".gz", ".nii") else out
-            typer.echo(str(the_lake.export_nifti(image_id, dest, table=table)))
+            path = the_lake.export_nifti(image_id, dest, table=table)
+            if as_json:
+                print_json({"paths": [path]})
+            else:
+                typer.echo(str(path))
             return
         if patient is None or cycle is None:
             raise LakeError("give --image-id, or --patient and --cycle")
         paths = export(the_lake, patient, cycle, what, fmt, out, method)
-        typer.echo(f"wrote {len(paths)} files to {out}")
+        if as_json:
+            print_json({"paths": paths})
+        else:
+            typer.echo(f"wrote {len(paths)} files to {out}")
     except (LakeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -134,11 +156,13 @@ def run_command(
     wait: Annotated[bool, typer.Option(
         "--wait/--no-wait", help="wait for another run on this lake instead of refusing")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     new_key: Annotated[bool, typer.Option(
         "--new-key", help="create the pseudonymisation key file if it is missing (a new lake)")
     ] = False,
     lake: LakeOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Run the whole flow (or some steps) over a cohort: incremental (unchanged tasks are
     skipped), resumable after a crash, on local processes or Ray."""
@@ -154,16 +178,20 @@ def run_command(
             chosen = [s for s in settings["steps"] if s != "ingest"]
         the_lake = Lake(lake, create=source is not None)
         summary = run_pipeline(the_lake, chosen, source, engine, workers, address, settings,
-                               wait, progress=not quiet, new_key=new_key)
+                               wait, progress=not (quiet or as_json), new_key=new_key)
     except LakeBusy as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from exc
     except (LakeError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(summary.table())
-    if chosen is None or "dosimetry" in chosen:
-        typer.echo(quality_line(the_lake))
+    quality = quality_line(the_lake) if chosen is None or "dosimetry" in chosen else None
+    if as_json:
+        print_json({**dataclasses.asdict(summary), "ok": summary.ok, "quality": quality})
+    else:
+        typer.echo(summary.table())
+        if quality:
+            typer.echo(quality)
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -181,6 +209,9 @@ def demo_command(
     lake: Annotated[Path | None, typer.Option("--lake", help=(
         "the demo's lake folder (default ./demo_lake); its cohort, with the demo's own "
         "pseudonym key, goes beside it in <lake>_cohort (default ./demo_lake_cohort)"))] = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """The whole flow on a synthetic cohort: synthesise, ingest, dosimetry, features, models,
     promotion, recommendations and a cohort report, with a short summary. Writes ./demo_lake
@@ -188,11 +219,13 @@ def demo_command(
     from theralake.pipelines.demo import DemoOptions, run_demo
 
     try:
-        run_demo(DemoOptions(patients, cycles, small, workers, engine, seed,
-                             lake or Path("demo_lake")))
+        result = run_demo(DemoOptions(patients, cycles, small, workers, engine, seed,
+                                      lake or Path("demo_lake"), show=not (quiet or as_json)))
     except (LakeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if as_json:
+        print_json({**dataclasses.asdict(result), "ok": result.run.ok})
 
 
 #: what a user can get wrong (a path, a file, a key, a full disk): one line, never a traceback
@@ -213,8 +246,7 @@ def user_error_message(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     """The console script: a user error is one line on stderr and exit code 2 (set
     ``THERALAKE_DEBUG=1`` for the traceback)."""
-    logging.basicConfig(level=os.environ.get("THERALAKE_LOG", "WARNING"),
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         app(args=argv)
     except USER_ERRORS as exc:

@@ -3,6 +3,7 @@ its inputs, load the segmenter and the AI registration its settings ask for, com
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from theralake.dosimetry.cycle import CycleResult, compute_cycle
@@ -25,15 +26,20 @@ def dosimetry_settings(lake: Lake, path: str | Path | None = None, **overrides: 
     return resolve_config(lake, load_config(path, **overrides))
 
 
-def dosimetry_cycle(lake: Lake, patient_id: str, cycle: int, settings: dict) -> CycleResult:
-    """Compute one patient-cycle and append its rows (idempotent).
+def dosimetry_cycle(lake: Lake, patient_id: str, cycle: int, settings: dict,
+                    on_stage: Callable[[str], None] | None = None) -> CycleResult:
+    """Compute one patient-cycle and append its rows (idempotent); ``on_stage`` hears the
+    name of each stage as it starts.
 
     Raises:
         DosimetryError: the cycle cannot be computed (the message says why).
         SegmentationUnavailable: an explicitly chosen segmentation backend cannot run.
     """
+    stage = on_stage or (lambda _: None)
+    stage("reading the lake")
     inputs = read_cycle(lake, patient_id, cycle)
     segmenter = load_segmenter_backend(lake, settings)
-    result = compute_cycle(inputs, settings, segmenter, ai_registrar(settings))
+    result = compute_cycle(inputs, settings, segmenter, ai_registrar(settings), on_stage)
+    stage("writing the lake")
     write_cycle(lake, result)
     return result

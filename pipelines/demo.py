@@ -52,6 +52,22 @@ class DemoOptions:
     engine: str = "local"
     seed: int = 7
     lake: Path = Path("demo_lake")
+    show: bool = True  # progress and the printed summary (off: only the returned result)
+
+
+@dataclass
+class DemoResult:
+    """What the demo did and found (``theralake demo --json``)."""
+
+    lake: Path
+    run: RunSummary
+    synthesis_s: float
+    promotions: list[tuple[str, str, str]]
+    recommendations: list[tuple[str, str]]
+    reports: list[Path]
+    accuracy: dict[str, tuple[float, float, float]]
+    quality: str
+    total_s: float
 
 
 def _cohort(options: DemoOptions, folder: Path) -> float:
@@ -69,7 +85,8 @@ def _cohort(options: DemoOptions, folder: Path) -> float:
     t0 = time.perf_counter()
     generate_cohort(SynthConfig(patients=options.patients, cycles=options.cycles,
                                 seed=options.seed, small=options.small,
-                                time_points_h=TIME_POINTS_H), folder, workers=options.workers)
+                                time_points_h=TIME_POINTS_H), folder, workers=options.workers,
+                    progress=options.show)
     stamp.write_text(json.dumps(wanted))
     return time.perf_counter() - t0
 
@@ -155,11 +172,11 @@ def _reports(lake: Lake, patient_id: str | None) -> list[Path]:
     return paths
 
 
-def run_demo(options: DemoOptions) -> RunSummary:
-    """Run the demo and print its summary."""
+def run_demo(options: DemoOptions) -> DemoResult:
+    """Run the demo; with ``options.show`` its progress and summary are printed."""
     from rich.console import Console
 
-    console = Console(soft_wrap=True)
+    console = Console(soft_wrap=True, quiet=not options.show)
     t_start = time.perf_counter()
     lake = Lake(options.lake)
     cohort = lake.path.parent / f"{lake.path.name}_cohort"
@@ -171,7 +188,7 @@ def run_demo(options: DemoOptions) -> RunSummary:
                  "hu_density_calibration": scanner_calibration(cohort)}
     settings = load_pipeline_settings(**{**DEMO_SETTINGS, "dosimetry": {"overrides": dosimetry}})
     summary = run_pipeline(lake, None, cohort, options.engine, options.workers,
-                           settings=settings, new_key=True)
+                           settings=settings, new_key=True, progress=options.show)
     t0 = time.perf_counter()
     promotions = _promote_all(lake)
     recommendations = _recommend(lake, options.cycles + 1)
@@ -186,8 +203,10 @@ def run_demo(options: DemoOptions) -> RunSummary:
                       f"{k} {100 * m:.1f} %, {100 * w:.1f} %, {100 * n:.0f} % within "
                       f"{100 * ACCURACY_BARS[k]:.0f} %" for k, (m, w, n) in found.items())
                       or "no dosimetry"))
-    console.print(quality_line(lake))
-    return summary
+    quality = quality_line(lake)
+    console.print(quality)
+    return DemoResult(lake.path, summary, synth_s, promotions, recommendations, reports, found,
+                      quality, time.perf_counter() - t_start)
 
 
 def _print_summary(console: object, lake: Lake, summary: RunSummary, synth_s: float,

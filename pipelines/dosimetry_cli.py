@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
+from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.dosimetry.auto_vois import SegmentationUnavailable
 from theralake.dosimetry.settings import DosimetryError, record_config
 from theralake.ingest.cli import LakeOption
 from theralake.lake import Lake
 from theralake.lake.views import spect_cycles
+from theralake.pipelines.stage_progress import StageProgress
 
 __all__ = ["register"]
 
@@ -29,6 +31,9 @@ def dosimetry(
     strict: Annotated[bool, typer.Option(
         "--strict", help="exit 1 on any quality warning, not only on failures")] = False,
     lake: LakeOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Image-based dosimetry of patient-cycles: registration, VOIs, TACs, TIA, dose, BED.
 
@@ -49,25 +54,35 @@ def dosimetry(
     if todo.empty:
         typer.echo("error: no quantitative SPECT in the lake for that selection", err=True)
         raise typer.Exit(2)
-    failed, warned = [], False
-    for pid, cyc in todo.itertuples(index=False):
-        try:
-            res = dosimetry_cycle(the_lake, pid, int(cyc), settings)
-        except (DosimetryError, SegmentationUnavailable) as exc:
-            failed.append(f"patient {pid} cycle {cyc}: {exc}")
-            continue
-        except (ValueError, RuntimeError) as exc:  # physics refusing this patient's data
-            failed.append(f"patient {pid} cycle {cyc}: {exc}")
-            continue
-        problems = res.warnings
-        typer.echo(f"{pid} cycle {cyc}: {len(res.organ_rows)} VOIs, quality {res.status}"
-                   + (f" ({len(problems)} finding(s))" if problems else ""))
-        for finding in problems:
-            if finding.check != "cycle":
-                typer.echo(f"  {finding.line()}")
-        warned |= any(f.status == "warn" for f in problems)
-        if res.status == "fail":
-            failed.append(f"patient {pid} cycle {cyc}: a VOI failed (see above)")
+    failed, warned, cycles = [], False, []
+    with StageProgress(len(todo), enabled=not (quiet or as_json)) as progress:
+        for pid, cyc in todo.itertuples(index=False):
+            label = f"{pid} cycle {cyc}"
+            try:
+                res = dosimetry_cycle(the_lake, pid, int(cyc), settings,
+                                      on_stage=progress.stage(label))
+            except (DosimetryError, SegmentationUnavailable) as exc:
+                failed.append(f"patient {pid} cycle {cyc}: {exc}")
+                continue
+            except (ValueError, RuntimeError) as exc:  # physics refusing this patient's data
+                failed.append(f"patient {pid} cycle {cyc}: {exc}")
+                continue
+            finally:
+                progress.done()
+            problems = [f for f in res.warnings if f.check != "cycle"]
+            cycles.append({"patient_id": pid, "cycle": int(cyc), "status": res.status,
+                           "vois": len(res.organ_rows), "seconds": res.seconds,
+                           "findings": problems})
+            if not as_json:
+                progress.echo(f"{label}: {len(res.organ_rows)} VOIs, quality {res.status}"
+                              + (f" ({len(problems)} finding(s))" if problems else ""))
+                for finding in problems:
+                    progress.echo(f"  {finding.line()}")
+            warned |= any(f.status == "warn" for f in problems)
+            if res.status == "fail":
+                failed.append(f"patient {pid} cycle {cyc}: a VOI failed (see above)")
+    if as_json:
+        print_json({"cycles": cycles, "failed": failed})
     for msg in failed:
         typer.echo(f"failed: {msg}", err=True)
     if failed or (strict and warned):

@@ -7,7 +7,9 @@ failed fails without running.
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
+import queue
 import signal
 import socket
 import sys
@@ -55,6 +57,10 @@ def set_threads(n: int) -> None:
 
 
 _PR_SET_PDEATHSIG = 1
+#: in a pool's worker process: the queue its tasks' stages go to (set by ``_init_worker``)
+_STAGES: list[object] = []
+#: how often a waiting run looks at its workers' stages (s)
+STAGE_POLL_S = 0.5
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -76,12 +82,27 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def execute(lake_path: str, task: Task, threads: int, run_token: str | None = None) -> Outcome:
+def _init_worker(parent_pid: int, stages: object | None) -> None:
+    """A pool worker: dies with its parent; reports its tasks' stages to ``stages``."""
+    die_with_parent(parent_pid)
+    if stages is not None:
+        _STAGES.append(stages)
+
+
+def execute(lake_path: str, task: Task, threads: int, run_token: str | None = None,
+            on_stage: Callable[[str], None] | None = None) -> Outcome:
     """Run one task in this process; its own failure is an outcome, never an exception.
 
     With ``run_token`` every write first checks that this run still holds the lake's run
-    lock, so a worker that outlives its run writes nothing.
+    lock, so a worker that outlives its run writes nothing. The task's stages go to
+    ``on_stage``, or in a pool's worker to its run's queue.
     """
+    if on_stage is None and _STAGES:
+        queue = _STAGES[0]
+
+        def on_stage(name: str) -> None:
+            queue.put((task.key, name))  # type: ignore[attr-defined]
+
     start = datetime.now(UTC)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     set_threads(threads)
@@ -89,7 +110,7 @@ def execute(lake_path: str, task: Task, threads: int, run_token: str | None = No
         lake = Lake(lake_path, create=False)
         if run_token is not None:
             lake.write_guard = live_run_guard(lake.path, run_token)
-        run_task(lake, task)
+        run_task(lake, task, on_stage)
         status, error = "done", None
     except TaskFailed as exc:
         status, error = "failed", str(exc)
@@ -103,8 +124,14 @@ def execute(lake_path: str, task: Task, threads: int, run_token: str | None = No
 OnOutcome = Callable[[Task, Outcome], None]
 
 
+StageReporter = Callable[[str, str], None]
+
+
 class _Backend:
-    """Submits one attempt of a task and waits for attempts to end."""
+    """Submits one attempt of a task and waits for attempts to end; ``reporter`` (task key,
+    stage name) hears the stages of running tasks where the engine can report them."""
+
+    reporter: StageReporter | None = None
 
     def submit(self, task: Task) -> object: ...
 
@@ -166,8 +193,10 @@ class InlineBackend(_Backend):
 
     def submit(self, task: Task) -> object:
         handle = object()
+        report = self.reporter
+        on_stage = (lambda name: report(task.key, name)) if report else None
         self._done.append((handle, execute(self.lake_path, task, self.threads,
-                                           self.run_token)))
+                                           self.run_token, on_stage)))
         return handle
 
     def wait_any(self, handles: list[object]) -> list[tuple[object, Outcome | None]]:
@@ -183,15 +212,14 @@ class LocalBackend(_Backend):
         self.lake_path, self.workers, self.threads = lake_path, workers, threads
         self.run_token = run_token
         self._pool: ProcessPoolExecutor | None = None
+        self._stages = multiprocessing.get_context("spawn").Queue()
 
     def submit(self, task: Task) -> object:
         for _ in range(2):
             if self._pool is None:
-                import multiprocessing
-
                 self._pool = ProcessPoolExecutor(
                     self.workers, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=die_with_parent, initargs=(os.getpid(),))
+                    initializer=_init_worker, initargs=(os.getpid(), self._stages))
             try:
                 future = self._pool.submit(execute, self.lake_path, task, self.threads,
                                            self.run_token)
@@ -203,8 +231,11 @@ class LocalBackend(_Backend):
         raise RuntimeError("the worker pool breaks as soon as it starts")
 
     def wait_any(self, handles: list[object]) -> list[tuple[object, Outcome | None]]:
-        """A pool broken by a dead worker fails every attempt in it, each as ``None``."""
-        done, _ = wait(handles, return_when=FIRST_COMPLETED)  # type: ignore[arg-type]
+        """A pool broken by a dead worker fails every attempt in it, each as ``None``. Waits
+        at most ``STAGE_POLL_S``, passing the workers' stages to ``reporter`` meanwhile."""
+        done, _ = wait(handles, timeout=STAGE_POLL_S,  # type: ignore[arg-type]
+                       return_when=FIRST_COMPLETED)
+        self._report()
         out: list[tuple[object, Outcome | None]] = []
         for fut in done:
             if isinstance(fut.exception(), BrokenProcessPool):  # type: ignore[union-attr]
@@ -213,6 +244,15 @@ class LocalBackend(_Backend):
             else:
                 out.append((fut, _result(fut)))  # type: ignore[arg-type]
         return out
+
+    def _report(self) -> None:
+        while True:
+            try:
+                key, name = self._stages.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+            if self.reporter is not None:
+                self.reporter(key, name)
 
     def _retire(self, pool: ProcessPoolExecutor) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -223,6 +263,7 @@ class LocalBackend(_Backend):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._stages.close()
 
 
 def _result(fut: Future) -> Outcome:

@@ -1,8 +1,9 @@
-"""Export a patient-cycle's dose, TIA map or VOIs for 3D Slicer, MIM or a TPS.
+"""Export a patient-cycle's dose, TIA map or VOIs for 3D Slicer, MIM, OHIF or a TPS.
 
 Everything a cycle exports lies on one CT: the reference CT its dosimetry used (the CT of the
-dose map's grid), so an RTDOSE and an RTSTRUCT of the same cycle share one study and frame
-of reference and overlay in a planning system. The VOIs are those the dosimetry measured.
+dose map's grid), so an RTDOSE, an RTSTRUCT and a SEG of the same cycle share one study and
+frame of reference and overlay in a planning system or viewer. The VOIs are those the
+dosimetry measured, imported, carried, AI-segmented or thresholded alike (a SEG names which).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from theralake.lake import Lake, LakeError, Volume, views
 from theralake.lake.dicom_export import DicomExport
 
 WHAT = ("dose", "tia", "vois")
-FORMATS = ("nifti", "rtdose", "rtstruct")
+FORMATS = ("nifti", "rtdose", "rtstruct", "seg")
 
 
 def _reference_ct(lake: Lake, patient_id: str, cycle: int, method: str | None) -> dict:
@@ -29,12 +30,12 @@ def export(lake: Lake, patient_id: str, cycle: int, what: str, fmt: str, out: Pa
     """Write the requested objects under ``out``; returns the paths written.
 
     ``dose``/``tia`` as NIfTI or RTDOSE (with the reference CT series it lies on), ``vois``
-    as NIfTI masks or an RTSTRUCT on the same reference CT.
+    as NIfTI masks, an RTSTRUCT or a DICOM SEG on the same reference CT.
     """
     if what not in WHAT or fmt not in FORMATS:
         raise LakeError(f"--what is one of {WHAT}, --format one of {FORMATS}")
     if (what, fmt) in (("vois", "rtdose"), ("dose", "rtstruct"), ("tia", "rtstruct"),
-                       ("tia", "rtdose")):
+                       ("tia", "rtdose"), ("dose", "seg"), ("tia", "seg")):
         raise LakeError(f"{what} cannot be written as {fmt}")
     if lake.read("patients", "patient_id = ?", [patient_id]).empty:
         raise LakeError(f"no patient {patient_id!r} in the lake at {lake.path} (theralake sql "
@@ -66,4 +67,7 @@ def export(lake: Lake, patient_id: str, cycle: int, what: str, fmt: str, out: Pa
     masks = {r["voi"]: Volume.from_row(r).array.astype(bool) for r in vois.to_dict("records")}
     dicom = DicomExport(patient_id, ct_row["id"])
     paths = dicom.write_ct(ct, out / "CT")
+    if fmt == "seg":
+        sources = {r["voi"]: r.get("source") for r in vois.to_dict("records")}
+        return paths + [dicom.write_seg(masks, sources, out / "SEG.dcm")]
     return paths + [dicom.write_rtstruct(ct, masks, out / "RTSTRUCT.dcm")]

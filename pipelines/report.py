@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import typer
 
+from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.dosimetry.kinetics import TacFit
 from theralake.dosimetry.voi_activity import mask_on, to_grid
 from theralake.ingest.cli import LakeOption
@@ -486,6 +487,9 @@ def register(app: typer.Typer) -> None:
         cohort: Annotated[bool, typer.Option("--cohort", help="the cohort report")] = False,
         config: ConfigOption = None,
         lake: LakeOption = None,
+        as_json: JsonOption = False,
+        quiet: QuietOption = False,
+        verbose: VerboseOption = False,
     ) -> None:
         """Write a self-contained HTML report of a patient (--patient) or the cohort."""
         from theralake.modeling.dataset import DatasetError
@@ -502,4 +506,7 @@ def register(app: typer.Typer) -> None:
         except (ReportError, LakeError, DatasetError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        typer.echo(f"wrote {path}")
+        if as_json:
+            print_json({"report": path})
+        else:
+            typer.echo(f"wrote {path}")

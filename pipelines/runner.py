@@ -159,9 +159,17 @@ def _run_step(lake: Lake, step: str, settings: dict, source: Path | None, backen
         else "tasks"
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                TextColumn(unit), TimeElapsedColumn(), TextColumn("left"),
-               TimeRemainingColumn())
+               TimeRemainingColumn(), TextColumn("{task.fields[stage]}"))
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        handle = bar.add_task(step, total=len(tasks), completed=len(skipped))
+        handle = bar.add_task(step, total=len(tasks), completed=len(skipped), stage="")
+        by_key = {t.key: t for t in todo}
+
+        def on_stage(key: str, name: str) -> None:
+            task = by_key.get(key)
+            label = f"{task.patient_id} cycle {task.cycle}" if task and task.cycle else key
+            bar.update(handle, stage=f"{label}: {name}")
+
+        backend.reporter = on_stage if progress else None
 
         def on_outcome(task: Task, outcome: Outcome) -> None:
             lake.append("run_log", [_log_row(summary.run_id, summary.engine, task, outcome)])
@@ -177,5 +185,6 @@ def _run_step(lake: Lake, step: str, settings: dict, source: Path | None, backen
 
         capacity = 1 if isinstance(backend, InlineBackend) else workers
         schedule(backend, todo, capacity, int(settings.get("retries", 2)), on_outcome)
+        bar.update(handle, stage="")
     stats.seconds = time.perf_counter() - t0
     return stats

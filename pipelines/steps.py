@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,9 +62,13 @@ def plan(step: str, lake: Lake, settings: dict, source: Path | None = None) -> l
     return _PLANNERS[step](lake, settings, source)
 
 
-def run_task(lake: Lake, task: Task) -> None:
-    """Do one task's work (rows appended to the lake atomically, idempotently)."""
-    _RUNNERS[task.step](lake, task.params)
+def run_task(lake: Lake, task: Task, on_stage: Callable[[str], None] | None = None) -> None:
+    """Do one task's work (rows appended to the lake atomically, idempotently);
+    ``on_stage`` hears the stages of a patient-cycle's dosimetry as they start."""
+    if task.step == "dosimetry":
+        _run_dosimetry(lake, task.params, on_stage)
+    else:
+        _RUNNERS[task.step](lake, task.params)
 
 
 # -- hashing -------------------------------------------------------------------------------
@@ -167,8 +172,9 @@ def _plan_dosimetry(lake: Lake, settings: dict, source: Path | None) -> list[Tas
     return tasks
 
 
-def _run_dosimetry(lake: Lake, params: dict) -> None:
-    dosimetry_cycle(lake, params["patient_id"], params["cycle"], params["config"])
+def _run_dosimetry(lake: Lake, params: dict,
+                   on_stage: Callable[[str], None] | None = None) -> None:
+    dosimetry_cycle(lake, params["patient_id"], params["cycle"], params["config"], on_stage)
 
 
 # -- features --------------------------------------------------------------------------------

@@ -5,6 +5,12 @@ metrics and the model registry) and ``<lake>/mlflow/artifacts`` (logged files an
 ``MLFLOW_TRACKING_URI`` (and optionally ``MLFLOW_REGISTRY_URI``) to use a server instead; then
 the server decides where artifacts go.
 
+MLflow records artifact locations as absolute ``file://`` URIs. A lake copied or moved
+elsewhere has them pointing at its old folder, so opening a lake's store relocates every
+location under an ``.../mlflow/artifacts`` that is not its own to its own (experiments, runs,
+model versions, logged models); the ``Default`` experiment, which MLflow puts under the
+working directory's ``mlruns``, is kept in the lake too.
+
 Usage (any training code)::
 
     from theralake.registry.tracking import start_run
@@ -18,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its INFO lines break progress bars
 
 import mlflow  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
@@ -90,16 +98,61 @@ _READY: set[str] = set()
 
 def _create_store(folder: Path, uri: str) -> None:
     """Create (or migrate) the SQLite store under a lock, once per process: workers opening
-    a new lake at the same time would race on MLflow's schema migration."""
+    a new lake at the same time would race on MLflow's schema migration. A new store is built
+    under a temporary name and renamed into place, so a process killed while MLflow creates
+    its tables (a minute's migrations on a slow disk) leaves no half-made store behind."""
     import fcntl
 
     with open(folder / ".create.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            db = folder / "mlflow.db"
+            if not db.exists():
+                for stale in folder.glob(".mlflow.db.tmp-*"):
+                    stale.unlink(missing_ok=True)
+                tmp = folder / f".mlflow.db.tmp-{os.getpid()}"
+                tmp_uri = f"sqlite:///{tmp.as_posix()}"
+                MlflowClient(tracking_uri=tmp_uri, registry_uri=tmp_uri).search_experiments(
+                    max_results=1)
+                os.replace(tmp, db)
             MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+            relocate_artifacts(folder)
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
     _READY.add(uri)
+
+
+#: the store's columns holding an artifact location
+_LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+              ("model_versions", "storage_location"), ("logged_models", "artifact_location"))
+_ARTIFACTS = "/mlflow/artifacts"
+
+
+def relocate_artifacts(folder: Path) -> int:
+    """Point every artifact location of the SQLite store in ``folder`` at ``folder``'s own
+    ``artifacts`` (a lake copied or moved keeps its models); returns the rows changed."""
+    here = (folder / "artifacts").as_uri()
+    changed = 0
+    with contextlib.closing(sqlite3.connect(folder / "mlflow.db")) as con, con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        changed += con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE name = 'Default' AND "
+            "substr(artifact_location, 1, ?) != ?", (f"{here}/0", len(here), here)).rowcount
+        roots = set()
+        for table, column in _LOCATIONS:
+            if table in tables:
+                for (location,) in con.execute(
+                        f"SELECT DISTINCT {column} FROM {table} WHERE instr({column}, ?) > 0",
+                        (_ARTIFACTS,)):
+                    roots.add(location[:location.index(_ARTIFACTS) + len(_ARTIFACTS)])
+        for old in roots - {here}:
+            for table, column in _LOCATIONS:
+                if table in tables:
+                    changed += con.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE substr({column}, 1, ?) = ?",
+                        (here, len(old) + 1, len(old), old)).rowcount
+    return changed
 
 
 def registry_uri(lake: object) -> str:

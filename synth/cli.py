@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.synth.cohort import generate_cohort
 from theralake.synth.config import SynthConfig, SynthConfigError, parse_time_points
 
@@ -23,7 +24,8 @@ def register(app: typer.Typer) -> None:
         cycles: int = typer.Option(2, "--cycles", help="therapy cycles per patient"),
         seed: int = typer.Option(0, "--seed", help="random seed (output is deterministic)"),
         out: Path = typer.Option(Path("synthetic"), "--out", help="output folder"),
-        small: bool = typer.Option(False, "--small", help="coarse, fast grids (tests)"),
+        small: bool = typer.Option(False, "--small/--full-size",
+                                   help="coarse, fast grids (tests) or clinical ones"),
         fmt: str = typer.Option("dicom", "--format", help="dicom or nifti"),
         time_points: str = typer.Option("4,24,48,168", "--time-points",
                                         help="SPECT/CT times after administration (h)"),
@@ -39,6 +41,9 @@ def register(app: typer.Typer) -> None:
         spect_grids: str = typer.Option(
             "same", "--spect-grids", help="same | varied (finer voxels at the second time "
             "point, a limited axial field of view at the last)"),
+        as_json: JsonOption = False,
+        quiet: QuietOption = False,
+        verbose: VerboseOption = False,
     ) -> None:
         """Generate a synthetic theranostics cohort with known truth (digital twins)."""
         try:
@@ -50,6 +55,9 @@ def register(app: typer.Typer) -> None:
         except SynthConfigError as err:
             raise typer.BadParameter(str(err)) from None
         t0 = time.perf_counter()
-        res = generate_cohort(cfg, out, workers=workers)
-        typer.echo(f"wrote {len(res.patients)} synthetic patients to {out} "
-                   f"in {time.perf_counter() - t0:.1f} s")
+        res = generate_cohort(cfg, out, workers=workers, progress=not (quiet or as_json))
+        seconds = time.perf_counter() - t0
+        if as_json:
+            print_json({"out": out, "patients": len(res.patients), "seconds": seconds})
+            return
+        typer.echo(f"wrote {len(res.patients)} synthetic patients to {out} in {seconds:.1f} s")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -155,3 +157,57 @@ def test_totalsegmentator_backend_refuses_cleanly_when_not_installed():
         pytest.skip("TotalSegmentator is installed with weights here")
     with pytest.raises(SegmentationUnavailable, match="TotalSegmentator is not installed"):
         totalsegmentator_segmenter(["liver"])
+
+
+def test_totalsegmentator_asks_each_organ_of_the_task_that_has_it(monkeypatch):
+    """Without weights: a stand-in ``totalsegmentator.python_api`` records the calls and
+    writes each task's class masks as TotalSegmentator names its files. The abdominal organs
+    come from ``total`` (a roi_subset), the salivary glands from ``head_glands_cavities``
+    (before, asked of ``total``: a KeyError inside TotalSegmentator), the body is the union of
+    the ``body`` task's trunk and extremities, and organs no task has are not offered (issue
+    19)."""
+    import sys
+    import types
+
+    import SimpleITK as sitk
+
+    from theralake.dosimetry import auto_vois
+
+    ct = Volume(np.zeros((6, 8, 10), np.int16), (4.0, 4.0, 5.0), (0.0, 0.0, 0.0), np.eye(3))
+    calls = []
+    labels = {"liver": 1, "kidney_left": 2, "parotid_gland_left": 3, "body_trunc": 4,
+              "body_extremities": 5, "spleen": 6}
+
+    def totalsegmentator(src: str, dst: str, task: str = "total", roi_subset=None,  # noqa: ANN001
+                         quiet: bool = False) -> None:
+        calls.append((task, None if roi_subset is None else sorted(roi_subset)))
+        classes = {"total": ["liver", "spleen", "kidney_left", "kidney_right", "urinary_bladder"],
+                   "head_glands_cavities": ["parotid_gland_left", "parotid_gland_right"],
+                   "body": ["body_trunc", "body_extremities"]}[task]
+        if roi_subset is not None:
+            assert set(roi_subset) <= set(classes), roi_subset  # what TotalSegmentator checks
+        Path(dst).mkdir(parents=True)
+        reference = sitk.ReadImage(src)
+        for name in roi_subset or classes:
+            mask = np.zeros(ct.array.shape, np.uint8)
+            mask[labels.get(name, 0) % 6, 1:3, 1:4] = 1  # a distinct slice per class
+            image = sitk.GetImageFromArray(mask)
+            image.CopyInformation(reference)
+            sitk.WriteImage(image, str(Path(dst) / f"{name}.nii.gz"))
+
+    api = types.ModuleType("totalsegmentator.python_api")
+    api.totalsegmentator = totalsegmentator
+    monkeypatch.setitem(sys.modules, "totalsegmentator", types.ModuleType("totalsegmentator"))
+    monkeypatch.setitem(sys.modules, "totalsegmentator.python_api", api)
+    monkeypatch.setattr(auto_vois, "totalsegmentator_available", lambda: True)
+    organs = ["liver", "kidney_left", "parotid_gland_left", "lacrimal_gland_left", "red_marrow",
+              "body"]
+    segmenter = auto_vois.totalsegmentator_segmenter(organs)
+    assert set(segmenter.organs) == {"liver", "kidney_left", "parotid_gland_left", "body"}
+    masks = segmenter.segment(ct, organs)
+    assert sorted(calls) == [("body", None), ("head_glands_cavities", None),
+                             ("total", ["kidney_left", "liver"])]
+    assert set(masks) == {"liver", "kidney_left", "parotid_gland_left", "body"}
+    assert masks["liver"][1].any() and not masks["liver"][2].any()
+    assert masks["parotid_gland_left"][3].any()
+    assert masks["body"][4].any() and masks["body"][5].any()  # trunk and extremities

@@ -11,12 +11,21 @@ from theralake.pipelines.engines import LocalBackend
 from theralake.pipelines.steps import Task
 
 
+def _wait_one(backend: LocalBackend, handle: object) -> object:
+    """The outcome of ``handle`` (a wait returns nothing while only stages arrive)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for _, outcome in backend.wait_any([handle]):
+            return outcome
+    raise AssertionError("no outcome within 60 s")
+
+
 def test_a_pool_broken_between_waits_is_replaced_on_submit(tmp_path: Path):
     task = Task(step="ingest", key="ingest/P1", inputs_hash="h")
     backend = LocalBackend(str(tmp_path / "no-lake"), workers=1, threads=1)
     try:
         first = backend.submit(task)
-        [(_, outcome)] = backend.wait_any([first])
+        outcome = _wait_one(backend, first)
         assert outcome.status == "failed" and "no lake" in outcome.error
         broken_pool = backend._pool
         for pid in list(broken_pool._processes):
@@ -26,8 +35,9 @@ def test_a_pool_broken_between_waits_is_replaced_on_submit(tmp_path: Path):
             time.sleep(0.05)
         assert broken_pool._broken
         second = backend.submit(task)  # raised BrokenProcessPool before
-        [(_, outcome)] = backend.wait_any([second])
+        outcome = _wait_one(backend, second)
         assert outcome.status == "failed" and "no lake" in outcome.error
         assert backend._pool is not broken_pool
     finally:
         backend.close()
+

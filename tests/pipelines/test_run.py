@@ -109,6 +109,29 @@ def test_the_measured_tumour_dose_reaches_the_survival_dataset(reference: Lake):
     assert column in build_dataset(reference, "pfs", None, config).X.columns
 
 
+def test_a_workers_dosimetry_stages_reach_the_display(reference: Lake):
+    """A patient-cycle in a pool worker reports each stage as it starts (a full-size one
+    runs a minute, which a bar advancing per patient-cycle left silent)."""
+    from theralake.pipelines.engines import LocalBackend
+    from theralake.pipelines.steps import plan
+
+    task = plan("dosimetry", reference, load_pipeline_settings(**FAST), None)[0]
+    backend = LocalBackend(str(reference.path), workers=1, threads=1)
+    heard: list[tuple[str, str]] = []
+    backend.reporter = lambda key, name: heard.append((key, name))
+    try:
+        handle, done, t0 = backend.submit(task), [], time.monotonic()
+        while not done and time.monotonic() - t0 < 300:
+            done = backend.wait_any([handle])
+    finally:
+        backend.close()
+    assert done and done[0][1].status == "done", done
+    stages = [name for key, name in heard if key == task.key]
+    assert stages[0] == "reading the lake" and stages[-1] == "writing the lake", stages
+    assert {"registering the time points", "VOIs", "voxel fits and dose map",
+            "VOI activities, fits and doses"} <= set(stages)
+
+
 def test_rerun_skips_everything_and_a_new_patient_runs_alone(reference: Lake, cohort: Path,
                                                             tmp_path: Path):
     before = reference.counts()

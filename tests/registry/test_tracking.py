@@ -87,3 +87,70 @@ def test_an_unknown_model_or_alias_is_a_lookup_error(store_lake):
     client.create_registered_model("empty-model")
     with pytest.raises(LookupError, match=r"no alias 'champion'.*its aliases: none"):
         tracking.model_version(store_lake, "empty-model", "champion")
+
+
+def test_a_copied_lake_keeps_its_models_after_the_original_is_gone(tmp_path, monkeypatch):
+    """Artifacts live in the lake and are found through the copy: train, copy the lake,
+    delete the original, load the model from the copy (issue 19: absolute file:// URIs)."""
+    import shutil
+
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    from theralake.registry.models import load_model
+
+    monkeypatch.chdir(tmp_path)  # MLflow's Default experiment would go to ./mlruns
+    original = Lake(tmp_path / "original" / "lake")
+    with tracking.start_run(original, "theralake-test", run_name="fit") as run:
+        X = np.arange(10.0).reshape(-1, 1)
+        model = LinearRegression().fit(X, 2 * X.ravel() + 1)
+        mlflow.sklearn.log_model(model, name="model", registered_model_name="test-model",
+                                 serialization_format="cloudpickle")
+    client = tracking.client(original)
+    client.set_registered_model_alias("test-model", "candidate", "1")
+    default = client.get_experiment_by_name("Default").artifact_location
+    assert default.startswith((original.path / "mlflow" / "artifacts").as_uri())
+    assert not (tmp_path / "mlruns").exists()
+    copy = tmp_path / "copy" / "lake"
+    shutil.copytree(original.path, copy)
+    shutil.rmtree(tmp_path / "original")
+    tracking._READY.clear()  # a new process opening the copy
+    moved = Lake(copy, create=False)
+    loaded, uri = load_model(moved, "test-model", "candidate", tmp_path / "dl")
+    assert uri == "models:/test-model/1"
+    assert loaded.predict(np.array([[4.0]]))[0] == pytest.approx(9.0)
+    got = tracking.client(moved).get_run(run.info.run_id)
+    assert got.info.artifact_uri.startswith((copy / "mlflow" / "artifacts").as_uri())
+
+
+_DIE_WHILE_CREATING = """
+import os, sys
+import mlflow.store.db.utils as db_utils
+from theralake.lake import Lake
+from theralake.registry import tracking
+
+def die(engine):  # MLflow's migrations, cut off: a leftover temporary table, then death
+    with engine.begin() as con:
+        con.exec_driver_sql("CREATE TABLE _alembic_tmp_experiment_tags (x INTEGER)")
+    os._exit(9)
+
+db_utils._initialize_tables = die
+tracking.client(Lake(sys.argv[1], create=False)).search_experiments()
+"""
+
+
+def test_a_process_killed_while_creating_the_store_leaves_it_usable(tmp_path):
+    """A worker killed while MLflow creates the lake's tables (a kill -9 of the run, the OOM
+    killer) made every later opening fail ('table _alembic_tmp_experiment_tags already
+    exists'): the store is now built under a temporary name and renamed into place."""
+    import subprocess
+    import sys
+
+    lake = Lake(tmp_path / "lake")
+    died = subprocess.run([sys.executable, "-c", _DIE_WHILE_CREATING, str(lake.path)],
+                          capture_output=True, text=True, timeout=300)
+    assert died.returncode == 9, died.stderr[-2000:]
+    assert not (lake.path / "mlflow" / "mlflow.db").exists()
+    tracking._READY.clear()
+    assert tracking.client(lake).search_experiments()  # a fresh store, whole
+    assert not list((lake.path / "mlflow").glob(".mlflow.db.tmp-*"))
