@@ -110,6 +110,9 @@ def export_command(
     what: Annotated[str, typer.Option(help="dose | tia | vois")] = "dose",
     fmt: Annotated[str, typer.Option("--format", help="nifti | rtdose | rtstruct | seg")] = "nifti",
     method: Annotated[str | None, typer.Option(help="dose method (default: latest)")] = None,
+    pet: Annotated[bool, typer.Option(
+        "--pet", help="the pre-therapy PET/CT's VOIs on its CT (--what vois; no --cycle)")
+    ] = False,
     lake: LakeOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
@@ -129,9 +132,9 @@ def export_command(
             else:
                 typer.echo(str(path))
             return
-        if patient is None or cycle is None:
-            raise LakeError("give --image-id, or --patient and --cycle")
-        paths = export(the_lake, patient, cycle, what, fmt, out, method)
+        if patient is None or (cycle is None and not pet):
+            raise LakeError("give --image-id, or --patient and --cycle (or --pet)")
+        paths = export(the_lake, patient, cycle, what, fmt, out, method, pet)
         if as_json:
             print_json({"paths": paths})
         else:

@@ -25,12 +25,21 @@ def _reference_ct(lake: Lake, patient_id: str, cycle: int, method: str | None) -
     return ct
 
 
-def export(lake: Lake, patient_id: str, cycle: int, what: str, fmt: str, out: Path,
-           method: str | None = None) -> list[Path]:
+def _pet_ct(lake: Lake, patient_id: str) -> dict:
+    pet = views.pre_therapy_pet(lake, patient_id)
+    ct = views.frame_ct(lake, patient_id, pet["frame_of_reference_key"]) if pet else None
+    if ct is None:
+        raise LakeError(f"patient {patient_id}: no pre-therapy PET/CT to export with")
+    return ct
+
+
+def export(lake: Lake, patient_id: str, cycle: int | None, what: str, fmt: str, out: Path,
+           method: str | None = None, pet: bool = False) -> list[Path]:
     """Write the requested objects under ``out``; returns the paths written.
 
     ``dose``/``tia`` as NIfTI or RTDOSE (with the reference CT series it lies on), ``vois``
-    as NIfTI masks, an RTSTRUCT or a DICOM SEG on the same reference CT.
+    as NIfTI masks, an RTSTRUCT or a DICOM SEG on the same reference CT; with ``pet`` the
+    VOIs of the pre-therapy PET/CT on its CT (``cycle`` not needed).
     """
     if what not in WHAT or fmt not in FORMATS:
         raise LakeError(f"--what is one of {WHAT}, --format one of {FORMATS}")
@@ -40,8 +49,11 @@ def export(lake: Lake, patient_id: str, cycle: int, what: str, fmt: str, out: Pa
     if lake.read("patients", "patient_id = ?", [patient_id]).empty:
         raise LakeError(f"no patient {patient_id!r} in the lake at {lake.path} (theralake sql "
                         "\"SELECT patient_id FROM patients\" lists them)")
+    if pet and what != "vois":
+        raise LakeError("the pre-therapy PET/CT has VOIs to export, no dose or TIA map")
     out.mkdir(parents=True, exist_ok=True)
-    ct_row = _reference_ct(lake, patient_id, cycle, method)
+    ct_row = _pet_ct(lake, patient_id) if pet else _reference_ct(lake, patient_id, cycle,
+                                                                 method)
     if what in ("dose", "tia"):
         row = views.dose_map(lake, patient_id, cycle, what, (method,) if method else ())
         if row is None or (method and what == "dose" and row["method"] != method):
@@ -56,10 +68,12 @@ def export(lake: Lake, patient_id: str, cycle: int, what: str, fmt: str, out: Pa
         paths = dicom.write_ct(Volume.from_row(ct_row), out / "CT")
         return paths + [dicom.write_rtdose(Volume.from_row(row), out / "RTDOSE.dcm", row["id"],
                                            f"theralake {row['method']} dose, cycle {cycle}")]
-    vois = views.dosimetry_vois(lake, patient_id, cycle, (method,) if method else ())
+    vois = views.vois_on_image(lake, ct_row["id"]) if pet else views.dosimetry_vois(
+        lake, patient_id, cycle, (method,) if method else ())
     vois = vois[vois.image_id == ct_row["id"]] if not vois.empty else vois
     if vois.empty:
-        raise LakeError(f"patient {patient_id} cycle {cycle}: no VOIs on the reference CT")
+        where = "the PET/CT" if pet else f"cycle {cycle}: the reference CT"
+        raise LakeError(f"patient {patient_id} {where}: no VOIs on it")
     if fmt == "nifti":
         return [lake.export_nifti(r["id"], out / f"{r['voi']}.nii.gz", table="vois")
                 for r in vois.to_dict("records")]

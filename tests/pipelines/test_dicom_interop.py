@@ -46,6 +46,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = root / "out"
     for what, fmt in (("dose", "rtdose"), ("vois", "rtstruct"), ("vois", "seg")):
         export(lake, pid, 1, what, fmt, out / fmt)
+    export(lake, pid, None, "vois", "seg", out / "pet", pet=True)  # the pre-therapy PET/CT
     # the same RTDOSE with 16-bit counts: dciodvfy (dicom3tools 2022) asserts on any 32-bit
     # image, a bug of the tool (Horos users met it too); the header is the same writer's
     ct = views.reference_ct(lake, pid, 1, ())
@@ -59,7 +60,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def _objects(out: Path) -> dict[str, Path]:
     return {"CT": sorted((out / "rtdose" / "CT").glob("*.dcm"))[0],
             "RTDOSE": out / "rtdose" / "RTDOSE.dcm", "RTDOSE16": out / "RTDOSE16.dcm",
-            "RTSTRUCT": out / "rtstruct" / "RTSTRUCT.dcm", "SEG": out / "seg" / "SEG.dcm"}
+            "RTSTRUCT": out / "rtstruct" / "RTSTRUCT.dcm", "SEG": out / "seg" / "SEG.dcm",
+            "PETCT_SEG": out / "pet" / "SEG.dcm"}
 
 
 def test_strict_pydicom_reads_every_object(exported):
@@ -92,12 +94,12 @@ def test_dciodvfy_finds_no_error_in_any_object(exported):
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert done.returncode == 0 and not errors, (kind, report)
         assert {"CT": "CTImage", "RTDOSE16": "RTDose", "RTSTRUCT": "RTStructureSet",
-                "SEG": "Segmentation"}[kind] in report
+                "SEG": "Segmentation", "PETCT_SEG": "Segmentation"}[kind] in report
 
 
 def test_one_export_shares_study_frame_and_ct(exported):
     objects = {k: pydicom.dcmread(p) for k, p in _objects(exported["out"]).items()
-               if k != "RTDOSE16"}
+               if k not in ("RTDOSE16", "PETCT_SEG")}
     ct = objects["CT"]
     for kind, ds in objects.items():
         assert ds.StudyInstanceUID == ct.StudyInstanceUID, kind
@@ -108,6 +110,11 @@ def test_one_export_shares_study_frame_and_ct(exported):
     seg = objects["SEG"]
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.SeriesInstanceUID
     assert exported["dose"]["reference_ct_id"] == exported["ct"]["id"]
+    # the PET/CT's VOIs lie on the PET/CT's own CT: its frame, not the cycle's
+    pet_seg = pydicom.dcmread(_objects(exported["out"])["PETCT_SEG"])
+    pet_ct = pydicom.dcmread(sorted((exported["out"] / "pet" / "CT").glob("*.dcm"))[0])
+    assert pet_seg.FrameOfReferenceUID == pet_ct.FrameOfReferenceUID != ct.FrameOfReferenceUID
+    assert pet_seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pet_ct.SeriesInstanceUID
 
 
 @pytest.fixture(scope="module")
