@@ -96,10 +96,14 @@ def _validate(params: dict, name: str) -> None:
 
 
 @functools.cache
-def _ibsi_names() -> dict[str, str]:
-    """pyradiomics feature name -> IBSI key (read once, not per VOI)."""
-    return {r.pyradiomics: ibsi_key(r.family, r.ibsi)
-            for r in load_feature_map().itertuples(index=False)}
+def _ibsi_names() -> dict[str, tuple[str, ...]]:
+    """pyradiomics feature name -> its IBSI keys (read once, not per VOI): one pyradiomics
+    value can give several IBSI features (``SphericalDisproportion`` gives spherical
+    disproportion and asphericity)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for r in load_feature_map().itertuples(index=False):
+        out[r.pyradiomics] = (*out.get(r.pyradiomics, ()), ibsi_key(r.family, r.ibsi))
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -117,8 +121,19 @@ def _voxel_count(raw: dict, params: dict, image: Volume) -> int | None:
     volume = raw.get("original_shape_VoxelVolume")
     if volume is None:
         return None
-    spacing = params["setting"].get("resampledPixelSpacing") or image.spacing_mm
+    spacing = resampled_spacing(params["setting"].get("resampledPixelSpacing"),
+                                image.spacing_mm)
     return round(float(volume) / float(np.prod(spacing)))
+
+
+def resampled_spacing(asked: list | tuple | None, native_mm: tuple[float, ...]
+                      ) -> tuple[float, ...]:
+    """The spacing pyradiomics resamples to: ``resampledPixelSpacing`` with a 0 meaning
+    "keep that axis" (as pyradiomics reads it), the native spacing without one."""
+    if not asked:
+        return tuple(float(v) for v in native_mm)
+    return tuple(float(n) if float(a) == 0 else float(a) for a, n in zip(asked, native_mm,
+                                                                          strict=True))
 
 
 def _crop_box(mask: np.ndarray, setting: dict, spacing_mm) -> tuple[slice, ...] | None:  # noqa: ANN001
@@ -127,7 +142,7 @@ def _crop_box(mask: np.ndarray, setting: dict, spacing_mm) -> tuple[slice, ...] 
     image's corner (and B-spline weights see the whole image), and without ``preCrop``
     filters see the whole image."""
     target = setting.get("resampledPixelSpacing")
-    if target and not np.allclose(target, spacing_mm):
+    if target and not np.allclose(resampled_spacing(target, spacing_mm), spacing_mm):
         return None
     if not target and not setting.get("preCrop"):
         return None
@@ -174,7 +189,8 @@ def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: F
             continue
         image_type, feature_class, name = key.split("_", 2)
         cls = feature_class if image_type == "original" else f"{image_type}:{feature_class}"
-        value = ibsi.get(names.get(key, ""), float(raw_value))
-        if np.isfinite(value):
-            out[(cls, names.get(key, name) if names.get(key) in ibsi else name)] = value
+        mapped = {k: ibsi[k] for k in names.get(key, ()) if k in ibsi}
+        for feature, value in (mapped or {name: float(raw_value)}).items():
+            if np.isfinite(value):
+                out[(cls, feature)] = value
     return out

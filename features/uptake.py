@@ -1,8 +1,11 @@
 """Uptake metrics of a VOI on PET (SUV) or SPECT (Bq/mL): max, mean, peak, volume, totals.
 
-- ``suvpeak``/``peak``: the highest mean over a 1 cm³ sphere (radius 6.2 mm) centred on a voxel
-  of the VOI (IBSI local intensity peak; the sphere's voxels are those whose centres lie
-  within the radius, and may lie outside the VOI).
+- ``suvpeak``/``peak_bq_ml``: the highest mean over a 1 cm³ sphere (radius 6.2 mm) centred on
+  any voxel of the VOI: IBSI's *global* intensity peak, PERCIST's SUVpeak.
+  ``suvpeak_local``/``peak_local_bq_ml``: IBSI's *local* intensity peak, the sphere mean
+  centred on the VOI's hottest voxel (the highest such mean when several are equally hot).
+  The sphere's voxels are those whose centres lie within the radius, inside the VOI or not;
+  at the image's edge the mean is over the sphere's voxels inside the image (not zeros).
 - ``mtv_ml``: molecular tumour volume, the VOI's volume.
 - ``tla``: total lesion activity = SUVmean × MTV (g, PET); ``tlf`` = TLA / body weight.
 - SPECT: ``activity_mbq`` in the VOI and ``percent_ia``, its share of the administered
@@ -47,10 +50,16 @@ def _check(image: np.ndarray, mask: np.ndarray, voxel_mm) -> tuple[np.ndarray, n
     return img, m
 
 
-def _peak(img: np.ndarray, m: np.ndarray, voxel_mm) -> float:  # noqa: ANN001
-    """The highest sphere mean centred in the VOI (``img`` holds the sphere's reach)."""
-    local = ndimage.convolve(img, peak_kernel(voxel_mm), mode="constant", cval=0.0)
-    return float(local[m].max())
+def _peaks(img: np.ndarray, m: np.ndarray, voxel_mm) -> tuple[float, float]:  # noqa: ANN001
+    """(global, local) intensity peak of the VOI: the highest sphere mean centred in it, and
+    the sphere mean centred on its hottest voxel (``img`` holds the sphere's reach, cut only
+    by the image's edge, where the mean is over the sphere's voxels inside)."""
+    kernel = peak_kernel(voxel_mm)
+    sums = ndimage.convolve(img, kernel, mode="constant", cval=0.0)
+    inside = ndimage.convolve(np.ones_like(img), kernel, mode="constant", cval=0.0)
+    means = sums / inside
+    hottest = m & (img == img[m].max())
+    return float(means[m].max()), float(means[hottest].max())
 
 
 def pet_metrics(suv: np.ndarray, mask: np.ndarray, voxel_mm, weight_kg: float | None = None
@@ -59,8 +68,9 @@ def pet_metrics(suv: np.ndarray, mask: np.ndarray, voxel_mm, weight_kg: float | 
     img, m = _check(suv, mask, voxel_mm)
     voxel_ml = float(np.prod(voxel_mm)) / 1000.0
     vals = img[m]
-    out = {"suvmax": float(vals.max()), "suvmean": float(vals.mean()),
-           "suvpeak": _peak(img, m, voxel_mm), "mtv_ml": float(m.sum()) * voxel_ml}
+    peak, local = _peaks(img, m, voxel_mm)
+    out = {"suvmax": float(vals.max()), "suvmean": float(vals.mean()), "suvpeak": peak,
+           "suvpeak_local": local, "mtv_ml": float(m.sum()) * voxel_ml}
     out["tla"] = out["suvmean"] * out["mtv_ml"]
     if weight_kg:
         out["tlf"] = out["tla"] / (weight_kg * 1000.0)
@@ -73,8 +83,9 @@ def spect_metrics(bq_per_ml: np.ndarray, mask: np.ndarray, voxel_mm,
     img, m = _check(bq_per_ml, mask, voxel_mm)
     voxel_ml = float(np.prod(voxel_mm)) / 1000.0
     vals = img[m]
+    peak, local = _peaks(img, m, voxel_mm)
     out = {"max_bq_ml": float(vals.max()), "mean_bq_ml": float(vals.mean()),
-           "peak_bq_ml": _peak(img, m, voxel_mm), "volume_ml": float(m.sum()) * voxel_ml,
+           "peak_bq_ml": peak, "peak_local_bq_ml": local, "volume_ml": float(m.sum()) * voxel_ml,
            "activity_mbq": float(vals.sum()) * voxel_ml / 1e6}
     if administered_mbq_now:
         out["percent_ia"] = 100.0 * out["activity_mbq"] / administered_mbq_now

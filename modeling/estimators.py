@@ -28,9 +28,9 @@ def _base_model(kind: str, name: str, params: dict, seed: int) -> BaseEstimator:
 
             return CoxPHSurvivalAnalysis(ties="efron", **params)
         if name == "coxnet":
-            from sksurv.linear_model import CoxnetSurvivalAnalysis
+            from theralake.modeling.survival_estimators import CoxnetAt
 
-            return CoxnetSurvivalAnalysis(fit_baseline_model=True, **params)
+            return CoxnetAt(**params)
         if name == "rsf":
             from sksurv.ensemble import RandomSurvivalForest
 

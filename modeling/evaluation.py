@@ -52,7 +52,9 @@ def cross_validate(ds: Dataset, model: str, config: dict, seed: int = 0,
     v = config["validation"]
     est = make_estimator(ds.kind, model, config, seed)
     folds = outer_folds(ds, v["outer_folds"], seed)
-    times = metrics.evaluation_times(ds.y) if ds.kind == "survival" else None
+    times = metrics.evaluation_times(
+        ds.y, horizon=config["tasks"].get(ds.task, {}).get("horizon_d")) \
+        if ds.kind == "survival" else None
     pred = pd.DataFrame(index=ds.X.index)
     surv = (pd.DataFrame(np.nan, index=ds.X.index, columns=times)
             if times is not None else None)

@@ -10,6 +10,11 @@ or with ``return_array=True`` an array over ``unique_times_`` (what
 - :class:`XGBSurvival`: XGBoost with a Cox (``survival:cox``, Breslow baseline) or an
   accelerated failure time (``survival:aft``, exact parametric survival) objective.
 - :class:`DeepSurv`: a Cox-loss MLP (Katzman et al. 2018, BMC Med Res Methodol 18:24).
+- :class:`CoxnetAt`: the elastic-net Cox model at one penalty, ``alpha_ratio`` times the
+  data's ``alpha_max`` (the weakest penalty that keeps every coefficient at zero), so that
+  the penalty is a hyper-parameter the inner cross-validation tunes. scikit-survival's
+  ``CoxnetSurvivalAnalysis`` fits a whole path and predicts with its last, weakest alpha:
+  effectively unpenalised unless told otherwise.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from sksurv.base import SurvivalAnalysisMixin
 from sksurv.functions import StepFunction
+from sksurv.linear_model import CoxnetSurvivalAnalysis
 from sksurv.linear_model.coxph import BreslowEstimator
 from sksurv.util import check_array_survival
 from torch import nn
 
-__all__ = ["AFTBaseline", "AFTFunction", "DeepSurv", "XGBSurvival", "cox_partial_nll"]
+__all__ = ["AFTBaseline", "AFTFunction", "CoxnetAt", "DeepSurv", "XGBSurvival",
+           "cox_partial_nll"]
 
 # log survival function ln(1 - F(z)) of the standardised log-time error, by XGBoost's names
 _AFT_DISTRIBUTIONS = {
@@ -38,6 +45,55 @@ _AFT_DISTRIBUTIONS = {
     "logistic": lambda z: -np.logaddexp(0.0, z),
     "extreme": lambda z: -np.exp(z),  # minimum Gumbel: Weibull times
 }
+
+
+class CoxnetAt(SurvivalAnalysisMixin, BaseEstimator):
+    """Elastic-net Cox regression at the penalty ``alpha_ratio * alpha_max``.
+
+    Args:
+        l1_ratio: the elastic-net mixing (1: lasso).
+        alpha_ratio: the penalty as a fraction of ``alpha_max``, the data's smallest penalty
+            with every coefficient zero (scikit-survival's first alpha of a path).
+
+    Fitted attributes: ``alpha_max_``, ``alpha_`` (the penalty used), ``coef_``, and
+    ``model_`` (scikit-survival's model fitted at ``alpha_`` alone, with its baseline).
+    """
+
+    def __init__(self, l1_ratio: float = 0.5, alpha_ratio: float = 0.1):
+        self.l1_ratio = l1_ratio
+        self.alpha_ratio = alpha_ratio
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> CoxnetAt:
+        if not 0 < self.alpha_ratio <= 1:
+            raise ValueError(f"alpha_ratio must be in (0, 1], got {self.alpha_ratio}")
+        path = CoxnetSurvivalAnalysis(l1_ratio=self.l1_ratio, n_alphas=2).fit(X, y)
+        self.alpha_max_ = float(path.alphas_[0])
+        self.alpha_ = self.alpha_ratio * self.alpha_max_
+        self.model_ = CoxnetSurvivalAnalysis(l1_ratio=self.l1_ratio, alphas=[self.alpha_],
+                                             fit_baseline_model=True).fit(X, y)
+        self.coef_ = self.model_.coef_[:, 0]
+        self.n_features_in_ = self.model_.n_features_in_
+        if hasattr(self.model_, "feature_names_in_"):
+            self.feature_names_in_ = self.model_.feature_names_in_
+        self.unique_times_ = self.model_.unique_times_
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Risk scores (the linear predictor) at ``alpha_``."""
+        check_is_fitted(self, "model_")
+        return self.model_.predict(X, alpha=self.alpha_)
+
+    def predict_survival_function(self, X: np.ndarray, return_array: bool = False
+                                  ) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return self.model_.predict_survival_function(X, alpha=self.alpha_,
+                                                     return_array=return_array)
+
+    def predict_cumulative_hazard_function(self, X: np.ndarray, return_array: bool = False
+                                           ) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return self.model_.predict_cumulative_hazard_function(X, alpha=self.alpha_,
+                                                              return_array=return_array)
 
 
 def _seed(random_state: int | None) -> int:

@@ -36,3 +36,43 @@ def test_cropping_keeps_every_value(set_name, spacing_mm, cropped):
     assert fast.keys() == whole.keys() and len(fast) > 10
     for key, value in whole.items():
         assert fast[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+
+
+def _set_file(tmp_path, name: str, **setting: object) -> str:
+    """The packaged ``fast`` set with shape features named and settings changed."""
+    import yaml
+
+    params = yaml.safe_load(open(radiomics.resources.files("theralake.features").joinpath(
+        "data/sets/fast.yaml")).read())
+    params["featureClass"] = {"shape": ["MeshVolume", "SurfaceArea", "SphericalDisproportion",
+                                        "Sphericity", "VoxelVolume", "MajorAxisLength"],
+                              "firstorder": ["Mean"]}
+    params["setting"].update(setting)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def test_one_pyradiomics_value_gives_every_ibsi_feature_it_defines(tmp_path):
+    """SphericalDisproportion is both IBSI spherical disproportion and (minus 1) asphericity:
+    the second mapping hid the first, which was never stored (issue 20, item 7)."""
+    image, voi = _image_and_voi(4.0)
+    out = radiomics.extract_radiomics(image, voi, "ct", radiomics.load_feature_set(
+        _set_file(tmp_path, "sd")))
+    sd = out[("shape", "morphology: spherical disproportion")]
+    assert out[("shape", "morphology: asphericity")] == pytest.approx(sd - 1)
+    assert sd > 1  # an ellipsoid is less compact than a sphere
+
+
+def test_a_zero_in_the_resampled_spacing_keeps_that_axis(tmp_path):
+    """pyradiomics reads a 0 in resampledPixelSpacing as "keep the axis"; the voxel count
+    behind the IBSI axis lengths divided by it (ZeroDivisionError; issue 20, item 9)."""
+    image, voi = _image_and_voi(4.0)
+    image = Volume(image.array, (4.0, 4.0, 5.0), (0.0, 0.0, 0.0))
+    kept = radiomics.extract_radiomics(image, voi, "ct", radiomics.load_feature_set(
+        _set_file(tmp_path, "zero", resampledPixelSpacing=[4, 4, 0])))
+    named = radiomics.extract_radiomics(image, voi, "ct", radiomics.load_feature_set(
+        _set_file(tmp_path, "named", resampledPixelSpacing=[4, 4, 5])))
+    assert kept.keys() == named.keys()
+    key = ("shape", "morphology: major axis length")
+    assert key in kept and kept[key] == pytest.approx(named[key], rel=1e-9)

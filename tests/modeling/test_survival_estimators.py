@@ -198,3 +198,55 @@ def test_xgb_rejects_bad_hyperparameters(params, match, data):
     X, y, *_ = data
     with pytest.raises(ValueError, match=match):
         XGBSurvival(n_estimators=5, **params).fit(X, y)
+
+
+def _sparse_cox_data(n: int = 300, p: int = 30, seed: int = 0):  # noqa: ANN202
+    """Two true log-hazard coefficients (1.0, -0.8) among ``p`` features."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p))
+    t = rng.exponential(np.exp(-(1.0 * X[:, 0] - 0.8 * X[:, 1])))
+    c = rng.exponential(2.0, size=n)
+    return X, Surv.from_arrays(t <= c, np.minimum(t, c))
+
+
+def test_coxnet_at_a_penalty_equals_scikit_survivals_path_there():
+    """CoxnetAt is scikit-survival's elastic-net Cox at alpha_ratio x alpha_max: the same
+    coefficients as the reference path at that alpha; at alpha_max every one is zero."""
+    from sksurv.linear_model import CoxnetSurvivalAnalysis
+
+    from theralake.modeling.survival_estimators import CoxnetAt
+
+    X, y = _sparse_cox_data()
+    ours = CoxnetAt(l1_ratio=1.0, alpha_ratio=0.1).fit(X, y)
+    reference = CoxnetSurvivalAnalysis(l1_ratio=1.0, alphas=[ours.alpha_max_, ours.alpha_],
+                                       tol=1e-9, max_iter=1_000_000).fit(X, y)
+    assert_allclose(ours.coef_, reference.coef_[:, 1], atol=1e-3)  # default vs tight tol
+    assert not np.any(reference.coef_[:, 0])  # alpha_max zeros every coefficient
+    assert not np.any(CoxnetAt(l1_ratio=1.0, alpha_ratio=1.0).fit(X, y).coef_)
+    shift = ours.predict(X) - X @ ours.coef_  # the linear predictor up to its centring
+    assert np.ptp(shift) < 1e-10
+
+
+def test_coxnet_tunes_its_penalty():
+    """The inner cross-validation tunes alpha_ratio with l1_ratio; the chosen model is
+    penalised. Before, Coxnet fitted a path and predicted with its weakest alpha: all 30
+    coefficients non-zero, effectively unpenalised (issue 20, item 11)."""
+    import pandas as pd
+    from sksurv.linear_model import CoxnetSurvivalAnalysis
+
+    from theralake.modeling.dataset import load_modeling_config
+    from theralake.modeling.estimators import make_estimator, unwrap
+
+    config = load_modeling_config()
+    config["preprocessing"].update(selection="none", correlation_threshold=1.0)
+    X, y = _sparse_cox_data()
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    tuned = make_estimator("survival", "coxnet", config, seed=0).fit(frame, y)
+    assert set(tuned.best_params_) == {"model__l1_ratio", "model__alpha_ratio"}
+    model = unwrap(tuned)[-1]
+    assert model.alpha_ == pytest.approx(tuned.best_params_["model__alpha_ratio"]
+                                         * model.alpha_max_)
+    weakest = CoxnetSurvivalAnalysis(l1_ratio=1.0).fit(X, y)
+    assert np.count_nonzero(weakest.coef_[:, -1]) == X.shape[1]
+    assert np.count_nonzero(model.coef_) < X.shape[1] // 2
+    assert abs(model.coef_[0]) > 0.5 and abs(model.coef_[1]) > 0.4  # the true effects stay
