@@ -455,7 +455,9 @@ def _segment_areas(t: np.ndarray, act: np.ndarray, segments: str) -> np.ndarray:
 
 
 def _trapezoid(t, a, s, tail: str, decay_constant_per_h: float | None,
-               segments: str = "linear") -> TacFit:
+               segments: str = "linear", spread: bool = True) -> TacFit:
+    """The trapezoid and its tail; ``spread``: its uncertainty too (a bootstrap of its own,
+    not needed for a resample of an outer bootstrap)."""
     def parts(act: np.ndarray) -> tuple[float, float, float, float]:
         lam = None
         if tail == "fit" and t.size >= 2 and act[-1] > 0 and act[-2] > act[-1]:
@@ -480,7 +482,8 @@ def _trapezoid(t, a, s, tail: str, decay_constant_per_h: float | None,
         s = ASSUMED_RELATIVE_SD * a
         reasons.append(f"no sigma given: uncertainty from an assumed {ASSUMED_RELATIVE_SD:.0%} "
                        "error of each activity")
-    tia_sd, lam_sd = _trapezoid_spread(a, np.asarray(s, float), parts)
+    tia_sd, lam_sd = _trapezoid_spread(a, np.asarray(s, float), parts) if spread \
+        else (math.nan, math.nan)
     tia = head + meas + after
     at_decay = tail == "fit" and decay_constant_per_h is not None and \
         abs(lam - decay_constant_per_h) <= AT_BOUND_RTOL * decay_constant_per_h
@@ -521,6 +524,8 @@ def _bootstrap(fit: TacFit, t, a, s, n_boot: int, seed: int, lmin, lmax) -> None
     f_t = fit.predict(t)
     if s is not None:
         sig = s
+    elif fit.model == "trapezoid":  # no residuals: the error its own uncertainty assumed
+        sig = ASSUMED_RELATIVE_SD * a
     else:
         scale = math.sqrt(fit.wrss / max(t.size - fit.n_params, 1))
         sig = scale * fit.extra["sigma_used"]
@@ -532,7 +537,7 @@ def _bootstrap(fit: TacFit, t, a, s, n_boot: int, seed: int, lmin, lmax) -> None
         try:
             if fit.model == "trapezoid":
                 b = _trapezoid(t, y, s, fit.extra["tail"], lmin if lmin > 1e-9 else None,
-                               fit.extra["segments"])
+                               fit.extra["segments"], spread=False)
             else:
                 b = _fit_param(fit.model, t, y, s, lmin, lmax, np.inf, 1.0, p_start=fit.params)
         except (RuntimeError, ValueError):

@@ -103,7 +103,16 @@ class Recommendation:
                 "binding": self.binding,
                 "tumour_dose_gy": self.tumour_dose_gy,
                 "response_probability": self.response_probability, "models": self.models,
-                "budgets": [asdict(b) for b in self.budgets]}
+                "budgets": [{**asdict(b), **self._projection(b)} for b in self.budgets]}
+
+    def _projection(self, budget: VoiBudget) -> dict:
+        """This cycle's quantity and the projected cumulative one at the recommended activity
+        (what the report's budget table shows)."""
+        if self.activity_mbq is None:
+            return {"this_cycle_gy": None, "projected_gy": None}
+        gbq = self.activity_mbq / 1000.0
+        return {"this_cycle_gy": budget.this_cycle_at(gbq),
+                "projected_gy": budget.quantity_at(gbq)}
 
 
 def recommend(lake: Lake, patient_id: str, cycle: int, config: dict | None = None,

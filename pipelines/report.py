@@ -9,7 +9,6 @@ The cohort report is :func:`theralake.pipelines.report_cohort.cohort_report`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from theralake.ingest.cli import LakeOption
 from theralake.lake import Lake, LakeError, Volume, views
 from theralake.modeling.cli import ConfigOption
 from theralake.modeling.dataset import load_modeling_config
-from theralake.modeling.recommend import ACTIVITY_RANGE, VoiBudget
+from theralake.modeling.recommend import ACTIVITY_RANGE
 from theralake.pipelines import report_figures as figs
 from theralake.pipelines.report_html import (
     Html,
@@ -430,17 +429,15 @@ def _recommendation(lake: Lake, patient_id: str) -> Html:
     if budgets.empty:
         parts.append(unavailable("the recommendation holds no organ budgets"))
     else:
-        gbq = r.activity_mbq / 1000 if pd.notna(r.activity_mbq) else None
-        projected = [VoiBudget(**{k: v for k, v in b.items() if k in BUDGET_FIELDS}
-                               ).quantity_at(gbq) if gbq else None
-                     for b in d.get("budgets", [])]
+        for col in ("this_cycle_gy", "projected_gy"):  # recommendations older than these
+            if col not in budgets:
+                budgets[col] = None
         parts.append(subsection("What it rests on: organ budgets", table(pd.DataFrame({
             "VOI": budgets.voi.map(figs.label), "organ": budgets.organ.map(figs.label),
             "quantity": budgets.quantity.map(QUANTITY), "limit (Gy)": budgets.limit_gy.map(num),
             "earlier cycles (Gy)": budgets.prior_gy.map(num),
-            "this cycle (Gy)": [num(p - q if p is not None else None) for p, q in
-                                zip(projected, budgets.prior_gy, strict=True)],
-            "projected cumulative (Gy)": [num(p) for p in projected],
+            "this cycle (Gy)": budgets.this_cycle_gy.map(num),
+            "projected cumulative (Gy)": budgets.projected_gy.map(num),
             "dose per activity (Gy/GBq)": budgets.dose_per_gbq.map(num),
             "upper bound used (Gy/GBq)": budgets.dose_per_gbq_upper.map(num),
             "allows (GBq)": budgets.max_activity_gbq.map(num),
@@ -460,9 +457,6 @@ def _recommendation(lake: Lake, patient_id: str) -> Html:
             "limiting organ": older.limiting_organ.fillna("–").map(figs.label),
             "explanation": older.explanation}), ["limiting organ"], wrap=["explanation"])))
     return Html("".join(parts))
-
-
-BUDGET_FIELDS = {f.name for f in dataclasses.fields(VoiBudget)}
 
 
 def _binding(r: pd.Series, details: dict) -> str:

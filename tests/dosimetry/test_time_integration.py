@@ -113,6 +113,9 @@ def test_a_trapezoid_carries_the_uncertainty_of_its_tail():
     assert fit.tia_sd_mbq_h > 0.05 * fit.tia_after_last_mbq_h
     bare = kinetics.fit_tac(t, a, "trapezoid", decay_constant_per_h=LAM_LU)
     assert 0 < bare.tia_sd_mbq_h < bare.tia_mbq_h and "assumed 10%" in bare.reasons[0]
+    # a bootstrap of a trapezoid without sigma (a KeyError before: no residual weights)
+    boot = kinetics.fit_tac(t, a, "trapezoid", decay_constant_per_h=LAM_LU, bootstrap=200)
+    assert boot.tia_bootstrap_sd_mbq_h == pytest.approx(bare.tia_sd_mbq_h, rel=0.2)
     res = integrate(t, a, "lesion_001", SETTINGS, LAM_LU, None, "Lu-177")
     assert res.tia_sd_mbq_h > 0
     assert res.parameters["tia_sd_mbq_h"] == pytest.approx(res.tia_sd_mbq_h)  # one record

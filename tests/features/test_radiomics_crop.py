@@ -40,10 +40,12 @@ def test_cropping_keeps_every_value(set_name, spacing_mm, cropped):
 
 def _set_file(tmp_path, name: str, **setting: object) -> str:
     """The packaged ``fast`` set with shape features named and settings changed."""
+    from importlib import resources
+
     import yaml
 
-    params = yaml.safe_load(open(radiomics.resources.files("theralake.features").joinpath(
-        "data/sets/fast.yaml")).read())
+    params = yaml.safe_load(resources.files("theralake.features").joinpath(
+        "data/sets/fast.yaml").read_text())
     params["featureClass"] = {"shape": ["MeshVolume", "SurfaceArea", "SphericalDisproportion",
                                         "Sphericity", "VoxelVolume", "MajorAxisLength"],
                               "firstorder": ["Mean"]}
