@@ -38,7 +38,7 @@ ROWS = {"organ VOI mean, median |rel. error|": "organ_median_abs_rel_error",
 def prepare(root: Path, patients: int, seed: int, small: bool) -> Lake:
     """The cohort's lake with cycle-1 dosimetry (an existing ``root`` is reused)."""
     out, lake = root / "cohort", Lake(root / "lake")
-    pseudo = Pseudonymizer(key="benchmark")
+    pseudo = Pseudonymizer(key="theralake-benchmark-key")
     if (root / "ready").exists():
         return lake
     t0 = time.perf_counter()

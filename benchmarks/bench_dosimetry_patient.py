@@ -24,7 +24,7 @@ from theralake.synth.config import SynthConfig
 
 def main() -> None:
     small = "--small" in sys.argv
-    pseudo = Pseudonymizer(key="benchmark")
+    pseudo = Pseudonymizer(key="theralake-benchmark-key")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cohort"
         generate_cohort(SynthConfig(patients=1, cycles=1, seed=5, small=small), out,

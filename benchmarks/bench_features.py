@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=4)
     ap.add_argument("--full", action="store_true", help="full-size patients")
     a = ap.parse_args()
-    pseudo = Pseudonymizer(key="benchmark")
+    pseudo = Pseudonymizer(key="theralake-benchmark-key")
     with tempfile.TemporaryDirectory() as tmp:
         out, base = Path(tmp) / "syn", Lake(Path(tmp) / "lake")
         generate_cohort(SynthConfig(patients=a.patients, cycles=1, seed=9, small=not a.full),

@@ -36,7 +36,8 @@ def prepare(root: Path, patients: int, seed: int, small: bool) -> Lake:
     t0 = time.perf_counter()
     generate_cohort(SynthConfig(patients=patients, cycles=1, seed=seed, small=small),
                     root / "cohort", progress=True)
-    ingest(root / "cohort", lake, IngestOptions(show_progress=True), Pseudonymizer(key="bench"))
+    ingest(root / "cohort", lake, IngestOptions(show_progress=True),
+           Pseudonymizer(key="theralake-benchmark-key"))
     print(f"synthesis and ingest {time.perf_counter() - t0:.0f} s")
     (root / "ready").touch()
     return lake

@@ -35,7 +35,7 @@ def _read_tac(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 def tac(
     file: Path = typer.Argument(..., help="CSV with time_h, activity_mbq[, sigma]"),
-    model: str = typer.Option("auto", help="auto|mono|bi|tri|trapezoid"),
+    model: str = typer.Option("auto", help="auto|mono|bi|tri|two_washout|trapezoid"),
     nuclide: str = typer.Option(None, help="nuclide, bounds clearance by physical decay"),
     as_json: JsonOption = False,
     plot: Path = typer.Option(None, help="write a PNG of the data and fits"),
@@ -43,12 +43,13 @@ def tac(
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Fit a time-activity curve, compare models by AICc, and print the TIA."""
+    """Fit a time-activity curve, compare models by AICc (AIC where a candidate has one
+    residual degree of freedom), and print the TIA."""
     t, a, s = _read_tac(file)
     lam = get_nuclide(nuclide).decay_constant_per_h if nuclide else None
     try:
         if model == "auto":
-            sel = select_tac_model(t, a, ("mono", "bi", "tri"), sigma_mbq=s,
+            sel = select_tac_model(t, a, sigma_mbq=s,
                                    decay_constant_per_h=lam, bootstrap=bootstrap)
             fits, chosen, rule = sel.fits, sel.chosen, sel.rule
         else:
@@ -63,11 +64,14 @@ def tac(
                "result": chosen.as_dict()}
         typer.echo(json.dumps(out, indent=2, default=float))
     else:
-        typer.echo(f"{'model':<10}{'k':>3}{'AICc':>12}  plausible  notes")
+        kind = next(iter(fits[0].extra.get("criterion", {"aicc": None})))
+        typer.echo(f"{'model':<12}{'k':>3}{kind.upper().replace('AICC', 'AICc'):>12}  "
+                   "plausible  notes")
         for f in fits:
-            aic = f"{f.aicc:.3f}" if f.aicc is not None else "n/a"
+            value = f.extra.get("criterion", {}).get(kind, f.aicc)
+            shown = f"{value:.3f}" if value is not None else "n/a"
             notes = [*f.reasons, *(f"{n} at its bound" for n in f.at_bound)]
-            typer.echo(f"{f.model:<10}{f.n_params:>3}{aic:>12}  {str(f.plausible):<9}  "
+            typer.echo(f"{f.model:<12}{f.n_params:>3}{shown:>12}  {str(f.plausible):<9}  "
                        f"{'; '.join(notes)}")
         typer.echo(f"chosen: {chosen.model} ({rule})")
         for n, v, sd in zip(chosen.param_names, chosen.params, chosen.param_sd, strict=False):

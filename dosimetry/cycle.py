@@ -335,7 +335,8 @@ def _voxel_maps(times: np.ndarray, maps: np.ndarray, density: np.ndarray, grid: 
             raise DosimetryError(f"{label}: voxel S-value kernels need cubic voxels, the "
                                  f"reference SPECT has {tuple(voxel_mm)} mm")
         kernel = voxel_s_kernel(nuclide.name, float(voxel_mm[0]), int(settings["kernel_size"]),
-                                density_g_cm3=float(settings["kernel_density_g_cm3"]))
+                                density_g_cm3=float(settings["kernel_density_g_cm3"]),
+                                photon_reach_mm=float(settings["photon_reach_mm"]))
         dose_map = vsv_dose(tia_map, kernel, density if method == "vsv-density" else None)
     result.tia = grid.like(tia_map.astype(np.float32))
     result.dose = grid.like(dose_map.astype(np.float32))
@@ -401,6 +402,9 @@ def _voi_rows(inputs: CycleInputs, name: str, voi: Voi, times: np.ndarray, maps:
                     mass_g, tia, raw, kernel, nuclide.name, name, settings["s_table"],
                     correction)
     bed = bed_of(name, dose.dose_gy, tia)
+    if bed.caveat:  # recorded; a warning where conventional parameters change the number
+        result.findings.append(Finding("lq_parameters", "warn" if bed.g_factor else "pass",
+                                       bed.caveat, name, bed.alpha_beta_gy))
     sigma = dose_sigma(dose.dose_gy, tia, bed)
     chash = result.params_hash
     for t, a, ok, tp in zip(times, tac, usable, inputs.time_points, strict=True):

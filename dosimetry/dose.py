@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sfft
+from scipy import ndimage
 
-from .kernels import VoxelKernel
+from .kernels import FAR_FACTOR, VoxelKernel
 from .nuclides import MEV_TO_J, get_nuclide
 from .voxel_kinetics import fit_voxel_tacs
 
@@ -99,11 +100,26 @@ def vsv_dose(tia_mbq_h, kernel: VoxelKernel, density_g_cm3=None,
         v = _check_voxel(voxel_mm)
         if not np.allclose(v, kernel.voxel_mm, rtol=1e-3):
             raise ValueError(f"voxel size {v} mm differs from the kernel's {kernel.voxel_mm} mm")
-    dose = np.clip(convolve_fft(tia * S_PER_H, kernel.values_mgy_per_mbq_s), 0, None) * 1e-3
+    dose = convolve_fft(tia * S_PER_H, kernel.values_mgy_per_mbq_s)
+    if kernel.far_photon_mgy_per_mbq_s is not None:
+        dose = dose + _far_photons(tia * S_PER_H, kernel.far_photon_mgy_per_mbq_s)
+    dose = np.clip(dose, 0, None) * 1e-3
     if density_g_cm3 is not None:
         rho = _density(density_g_cm3, tia.shape)
         dose = dose * (kernel.density_g_cm3 / rho)
     return dose
+
+
+def _far_photons(cumulated: np.ndarray, far_kernel: np.ndarray) -> np.ndarray:
+    """The far photon kernel's dose: the map summed in blocks of ``FAR_FACTOR``³ voxels,
+    convolved on the coarse grid, and interpolated back (trilinear, at voxel centres)."""
+    f = FAR_FACTOR
+    padded = np.pad(cumulated, [(0, (-n) % f) for n in cumulated.shape])
+    nx, ny, nz = (n // f for n in padded.shape)
+    blocks = padded.reshape(nx, f, ny, f, nz, f).sum(axis=(1, 3, 5))
+    fine = ndimage.zoom(convolve_fft(blocks, far_kernel), f, order=1, mode="nearest",
+                        grid_mode=True)
+    return fine[tuple(slice(0, n) for n in cumulated.shape)]
 
 
 def hu_to_density(hu, calibration: tuple[tuple[float, float], ...] | None = None) -> np.ndarray:

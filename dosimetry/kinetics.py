@@ -5,6 +5,8 @@ Models (time ``t`` in h, activity in MBq):
 * ``mono``: ``A(t) = a0 exp(-lw t)``
 * ``bi`` (uptake and washout): ``A(t) = a0 (exp(-lw t) - exp(-lu t))``, ``lu > lw``
 * ``tri``: ``A(t) = a1 exp(-l1 t) + a2 exp(-l2 t) - (a1 + a2) exp(-l3 t)``
+* ``two_washout`` (two washout phases, uptake before the first point):
+  ``A(t) = a1 exp(-l1 t) + a2 exp(-l2 t)``, ``l1 <= l2``
 * ``trapezoid``: linear uptake from (0, 0) to the first point, trapezoids between points, and
   a tail after the last point, mono-exponential through the last two points (``tail="fit"``)
   or physical decay (``tail="physical"``).
@@ -16,12 +18,17 @@ re-weighted once with the fitted curve) and the covariance is scaled by the resi
 Decay constants are bounded below by the physical decay constant when it is given (the data
 are not decay-corrected, so biological clearance cannot be negative).
 
-Model selection (NUKFIT-style, Kletting et al., Med Phys 2013;40:102504): candidates with
-``n >= k + 2`` points (so AICc is defined), fits rejected when a parameter's coefficient of
-variation exceeds ``max_cv`` or a parameter correlation exceeds ``max_abs_corr``; the lowest
-AICc wins. Fallback when too few points: two points -> mono-exponential through them (or
-trapezoid with physical tail when not decreasing); one point -> use the single-time-point
-methods :func:`tia_hanscheid` or :func:`tia_madsen`.
+Model selection (NUKFIT-style, Kletting et al., Med Phys 2013;40:102504): candidates with at
+least one residual degree of freedom (``n >= k + 1``), fits rejected when a parameter's
+coefficient of variation exceeds ``max_cv`` or a parameter correlation exceeds
+``max_abs_corr``; the lowest information criterion wins. The criterion is AICc when it is
+defined for every candidate (``n >= k + 2``), else AIC for all of them
+(:func:`selection_criterion`, the same rule as the voxel fits'): with the standard four time
+points the uptake-washout model competes with the mono-exponential (AICc alone would drop it,
+and a kidney with a 3 h uptake half-life loses 4 % of its TIA). Fallback when the
+mono-exponential has no AICc (two or three points): two points -> mono-exponential through
+them (or trapezoid with physical tail when not decreasing); one point -> use the
+single-time-point methods :func:`tia_hanscheid` or :func:`tia_madsen`.
 
 TIA (MBq·h) is the analytic integral 0..∞; its standard uncertainty comes from the fit
 covariance (delta method) and optionally from a parametric bootstrap. The trapezoid's comes
@@ -57,6 +64,8 @@ __all__ = [
     "tia_hanscheid",
     "tia_madsen",
     "aicc",
+    "aic",
+    "selection_criterion",
 ]
 
 LN2 = math.log(2.0)
@@ -69,11 +78,12 @@ ASSUMED_RELATIVE_SD = 0.10
 TRAPEZOID_RESAMPLES = 400
 #: a rate within this relative distance of a bound sits at it
 AT_BOUND_RTOL = 1e-4
-MODELS = ("mono", "bi", "tri", "trapezoid")
+MODELS = ("mono", "bi", "tri", "two_washout", "trapezoid")
 PARAM_NAMES = {
     "mono": ("a0_mbq", "lambda_washout_per_h"),
     "bi": ("a0_mbq", "lambda_washout_per_h", "lambda_uptake_per_h"),
     "tri": ("a1_mbq", "lambda1_per_h", "a2_mbq", "lambda2_per_h", "lambda_uptake_per_h"),
+    "two_washout": ("a1_mbq", "lambda1_per_h", "a2_mbq", "lambda2_per_h"),
 }
 
 
@@ -90,7 +100,12 @@ def _tri(t, a1, l1, a2, l2, l3):
     return a1 * np.exp(-l1 * t) + a2 * np.exp(-l2 * t) - (a1 + a2) * np.exp(-l3 * t)
 
 
-_FUNCS: dict[str, Callable[..., np.ndarray]] = {"mono": _mono, "bi": _bi, "tri": _tri}
+def _two_washout(t, a1, l1, a2, l2):
+    return a1 * np.exp(-l1 * t) + a2 * np.exp(-l2 * t)
+
+
+_FUNCS: dict[str, Callable[..., np.ndarray]] = {"mono": _mono, "bi": _bi, "tri": _tri,
+                                                "two_washout": _two_washout}
 
 
 def model_function(model: str) -> Callable[..., np.ndarray]:
@@ -120,6 +135,8 @@ def model_integral(model: str, params: np.ndarray, t_end_h: float = math.inf,
         if model == "tri":
             return (p[0] * _cum_exp(p[1], t) + p[2] * _cum_exp(p[3], t)
                     - (p[0] + p[2]) * _cum_exp(p[4], t))
+        if model == "two_washout":
+            return p[0] * _cum_exp(p[1], t) + p[2] * _cum_exp(p[3], t)
         raise ValueError(f"unknown model {model!r}")
 
     return cum(t_end_h) - (cum(t_start_h) if t_start_h > 0 else 0.0)
@@ -219,6 +236,7 @@ class TacFit:
             "tia_bootstrap_sd_mbq_h": self.tia_bootstrap_sd_mbq_h,
             "tia_bootstrap_ci95_mbq_h": self.tia_bootstrap_ci95_mbq_h,
             "at_bound": self.at_bound,
+            "criterion": self.extra.get("criterion"),
         }
 
 
@@ -292,6 +310,19 @@ def aicc(n: int, k: int, wrss: float, absolute_sigma: bool) -> float | None:
     return base + 2 * k + 2 * k * (k + 1) / (n - k - 1)
 
 
+def aic(n: int, k: int, wrss: float, absolute_sigma: bool) -> float:
+    """Akaike's criterion (defined for any ``n``; same likelihood term as :func:`aicc`)."""
+    base = wrss if absolute_sigma else n * math.log(max(wrss, 1e-300) / n)
+    return base + 2 * k
+
+
+def selection_criterion(n: int, ks) -> str:
+    """The criterion that ranks candidates with ``ks`` parameters on ``n`` points: ``aicc``
+    when it is defined for every one of them (``n >= k + 2``), else ``aic`` for all (one
+    criterion for every candidate; organ and voxel fits share this rule)."""
+    return "aicc" if all(n >= k + 2 for k in ks) else "aic"
+
+
 # --------------------------------------------------------------------------- starts
 def _loglin(t: np.ndarray, a: np.ndarray) -> tuple[float, float]:
     """Log-linear fit on positive points: returns (a0, lambda)."""
@@ -315,6 +346,11 @@ def _starts(model: str, t: np.ndarray, a: np.ndarray, lmin: float, lmax: float) 
     lus = sorted({float(np.clip(x, lw * 1.01, lmax * 0.99)) for x in lus})
     if model == "bi":
         return [[a0 * 1.2, lw, lu] for lu in lus]
+    if model == "two_washout":  # the slow phase through the tail, the fast one the rest
+        slow0 = a0 * math.exp(-lw * t[0])
+        fast0 = max(float(a[0]) - slow0, 0.05 * float(a[0]))
+        return [[a0, lw, fast0 * math.exp(min(lf * t[0], 50.0)), lf]
+                for lf in lus if lf * t[0] < 50.0] or [[a0, lw, fast0, lus[0]]]
     starts = []
     for lu in lus:
         for f in (0.5, 0.8):
@@ -329,13 +365,15 @@ def _bounds(model: str, a: np.ndarray, lmin: float, lmax: float) -> tuple[list, 
         return [0.0, lmin], [amax, lmax]
     if model == "bi":
         return [0.0, lmin, lmin], [amax, lmax, lmax]
+    if model == "two_washout":  # a fast phase may start far above the first point
+        return [0.0, lmin, 0.0, lmin], [1e6 * amax, lmax, 1e6 * amax, lmax]
     return [0.0, lmin, 0.0, lmin, lmin], [amax, lmax, amax, lmax, lmax]
 
 
 def _eff_half_life(model: str, p: np.ndarray) -> float:
     if model in ("mono", "bi"):
         return LN2 / p[1]
-    if model == "tri":
+    if model in ("tri", "two_washout"):
         return LN2 / min(p[1], p[3])
     return LN2 / p[0]
 
@@ -385,9 +423,10 @@ def _fit_param(model: str, t, a, s, lmin, lmax, max_cv, max_abs_corr, p_start=No
     if best is None:
         raise RuntimeError(f"{model} fit did not converge")
     popt, pcov, wrss, sig = best
-    if model == "tri" and popt[1] > popt[3]:  # order the two washout phases
-        popt = popt[[2, 3, 0, 1, 4]]
-        pcov = pcov[np.ix_([2, 3, 0, 1, 4], [2, 3, 0, 1, 4])]
+    if model in ("tri", "two_washout") and popt[1] > popt[3]:  # order the washout phases
+        order = [2, 3, 0, 1, 4][:len(popt)]
+        popt = popt[order]
+        pcov = pcov[np.ix_(order, order)]
     n = t.size
     reasons: list[str] = []
     dof = n - k
@@ -403,6 +442,14 @@ def _fit_param(model: str, t, a, s, lmin, lmax, max_cv, max_abs_corr, p_start=No
             pcov = np.linalg.inv(jac.T @ jac)
         except np.linalg.LinAlgError:
             pcov = np.full((k, k), np.inf)
+    # a parameter the curve does not depend on (an uptake too fast for the first point)
+    # gets no variance from curve_fit's pseudo-inverse: not estimable, not exact
+    scale = wrss / max(n - k, 1) if not absolute and n > k else 1.0  # curve_fit's s²
+    blind = np.diag(pcov) <= scale * (1e-9 * np.abs(popt)) ** 2
+    if np.any(blind) and wrss > 0:
+        pcov = pcov.copy()
+        pcov[blind, :] = np.inf
+        pcov[:, blind] = np.inf
     if not np.all(np.isfinite(pcov)):
         pcov = np.where(np.isfinite(pcov), pcov, np.inf)
         reasons.append("covariance not estimable (parameters not identifiable)")
@@ -596,15 +643,19 @@ def fit_tac(time_h, activity_mbq, model: str = "mono", *, sigma_mbq=None,
     return fit
 
 
-def select_tac_model(time_h, activity_mbq, models: tuple[str, ...] = ("mono", "bi", "tri"), *,
+def select_tac_model(time_h, activity_mbq,
+                     models: tuple[str, ...] = ("mono", "bi", "tri", "two_washout"), *,
                      sigma_mbq=None, decay_constant_per_h: float | None = None,
                      max_cv: float = 0.5, max_abs_corr: float = 0.99, bootstrap: int = 0,
                      seed: int = 0) -> TacSelection:
-    """Fit candidate models and pick one by AICc among plausible fits (NUKFIT-style).
+    """Fit candidate models and pick one by AICc (AIC) among plausible fits (NUKFIT-style).
 
-    Rules, in order: (1) plausible fits with AICc defined -> lowest AICc; (2) no plausible
-    fit -> lowest AICc among converged fits, flagged; (3) too few points for AICc -> mono
-    through the points (n = 2) or trapezoid with a physical/fitted tail.
+    Candidates are the models with ``n >= k + 1`` points; they are ranked by AICc when it is
+    defined for all of them, else by AIC (:func:`selection_criterion`). Rules, in order:
+    (1) plausible fits -> the lowest criterion; (2) no plausible fit -> the lowest criterion
+    among converged fits, flagged; (3) too few points for the mono-exponential's AICc (two or
+    three) -> mono through the points (n = 2), fitted and plausible (n = 3), or the trapezoid.
+    The criterion's values are in each fit's ``extra["criterion"]``.
 
     Raises:
         ValueError: bad input, or a single point (use single-time-point methods).
@@ -619,21 +670,27 @@ def select_tac_model(time_h, activity_mbq, models: tuple[str, ...] = ("mono", "b
             raise ValueError(f"unknown model {m!r}; expected one of {MODELS}")
     kw = dict(sigma_mbq=s, decay_constant_per_h=decay_constant_per_h, max_cv=max_cv,
               max_abs_corr=max_abs_corr)
+    candidates = [m for m in models if m != "trapezoid" and t.size >= len(PARAM_NAMES[m]) + 1]
+    kind = selection_criterion(t.size, [len(PARAM_NAMES[m]) for m in candidates])
     fits: list[TacFit] = []
-    for m in models:
-        if m == "trapezoid" or t.size < len(PARAM_NAMES[m]) + 2:
-            continue
-        try:
-            fits.append(fit_tac(t, a, m, **kw))
-        except RuntimeError:
-            continue
-    ranked = [f for f in fits if f.aicc is not None]
-    good = [f for f in ranked if f.plausible]
+    if t.size >= len(PARAM_NAMES["mono"]) + 2:
+        for m in candidates:
+            try:
+                fit = fit_tac(t, a, m, **kw)
+            except RuntimeError:
+                continue
+            value = fit.aicc if kind == "aicc" else aic(fit.n_points, fit.n_params, fit.wrss,
+                                                         s is not None)
+            fit.extra["criterion"] = {kind: value}
+            fits.append(fit)
+    label = kind.upper().replace("AICC", "AICc")
+    good = [f for f in fits if f.plausible]
     if good:
-        chosen, rule = min(good, key=lambda f: f.aicc), "lowest AICc among plausible fits"
-    elif ranked:
-        chosen = min(ranked, key=lambda f: f.aicc)
-        rule = "no plausible fit; lowest AICc among converged fits (check reasons)"
+        chosen = min(good, key=lambda f: f.extra["criterion"][kind])
+        rule = f"lowest {label} among plausible fits"
+    elif fits:
+        chosen = min(fits, key=lambda f: f.extra["criterion"][kind])
+        rule = f"no plausible fit; lowest {label} among converged fits (check reasons)"
     else:
         chosen, rule = _few_points(t, a, s, kw, decay_constant_per_h)
         fits.append(chosen)

@@ -1,7 +1,8 @@
 """A VOI's time-integrated activity from however many time points the protocol has.
 
-- Two or more points: the TAC models by AICc (:func:`kinetics.select_tac_model`; with too few
-  points for AICc the mono-exponential through or fitted to them, else the trapezoid).
+- Two or more points: the TAC models by AICc, or AIC where a candidate has one residual degree
+  of freedom (:func:`kinetics.select_tac_model`; with two or three points the
+  mono-exponential through or fitted to them, else the trapezoid).
 - One point: Hänscheid et al. 2018 (TIA = A(t) 2t/ln2), or Madsen et al. 2018 with the
   population effective half-life of the VOI's class (``data/population_half_lives.csv``, each
   value with its source; a class without one falls back to Hänscheid, with a warning).
@@ -136,15 +137,24 @@ def integrate(time_h: np.ndarray, activity_mbq: np.ndarray, voi: str, settings: 
 def _with_uncertainty(fit: kinetics.TacFit, t: np.ndarray, a: np.ndarray, settings: dict,
                       decay_constant_per_h: float) -> kinetics.TacFit:
     """The fit with the SPECT activity uncertainty (``activity_relative_sd``) propagated where
-    it could not estimate its own (no degrees of freedom, the trapezoid, an assumed error)."""
+    it could not estimate its own (no degrees of freedom, the trapezoid, an assumed error), and
+    as a floor with one residual degree of freedom (the bi-exponential at four points: a
+    near-exact fit would say ± 0)."""
     sd = fit.tia_sd_mbq_h
-    if math.isfinite(sd) and sd > 0 and not fit.extra.get("sd_assumed") and \
+    one_dof = fit.model != "trapezoid" and fit.n_points - fit.n_params == 1
+    if math.isfinite(sd) and sd > 0 and not fit.extra.get("sd_assumed") and not one_dof and \
             not any(r.startswith("no degrees of freedom") for r in fit.reasons):
         return fit
     rel = float(settings["activity_relative_sd"])
     again = kinetics.fit_tac(t, a, fit.model, sigma_mbq=np.maximum(rel * a, 1e-9 * a.max()),
                              decay_constant_per_h=decay_constant_per_h,
                              segments=fit.extra.get("segments", "linear"))
+    if one_dof:  # one residual is no estimate of the noise: at least the SPECT's own
+        if math.isfinite(sd) and sd >= again.tia_sd_mbq_h:
+            return fit
+        return dataclasses.replace(fit, tia_sd_mbq_h=again.tia_sd_mbq_h, reasons=[
+            *fit.reasons, f"one residual degree of freedom: TIA uncertainty from a {rel:.0%} "
+            "activity uncertainty (larger than the residuals')"])
     if np.allclose(again.params, fit.params, rtol=1e-6):  # the same curve, now with its errors
         return again
     return dataclasses.replace(fit, tia_sd_mbq_h=again.tia_sd_mbq_h, reasons=[
@@ -223,4 +233,6 @@ def _exponential_terms(fit: kinetics.TacFit) -> tuple[list[float], list[float]]:
         return [p[0], -p[0]], [p[1], p[2]]
     if fit.model == "tri":
         return [p[0], p[2], -(p[0] + p[2])], [p[1], p[3], p[4]]
+    if fit.model == "two_washout":
+        return [p[0], p[2]], [p[1], p[3]]
     return [1.0], [LN2 / fit.effective_half_life_h]  # trapezoid: its tail's effective decay

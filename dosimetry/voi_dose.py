@@ -96,25 +96,36 @@ def self_s_gy_per_bq_s(s_table: str | None, nuclide: str, voi: str, mass_g: floa
 
 @dataclass
 class Bed:
+    """BED and EQD2 of a VOI and the LQ parameters behind them; ``caveat`` says what they
+    rest on when it is not a sourced tissue row (a quality finding of the cycle)."""
+
     bed_gy: float
     eqd2_gy: float
     g_factor: float | None
     alpha_beta_gy: float | None
     repair_half_time_h: float | None
+    caveat: str | None = None
 
 
 def bed_of(voi: str, dose_gy: float, tia: Integration) -> Bed:
     """BED and EQD2 of a VOI's dose with its kinetics (the dose itself for tissues without
-    LQ parameters)."""
+    LQ parameters, said in ``caveat``; so are parameters whose source is still to verify)."""
     try:
         tissue = radiobiology.get_tissue(voi)
     except ValueError:
-        return Bed(dose_gy, dose_gy, None, None, None)
+        return Bed(dose_gy, dose_gy, None, None, None,
+                   "no linear-quadratic parameters for this tissue: BED and EQD2 equal the "
+                   "absorbed dose (alpha/beta taken as infinite)")
+    caveat = None if tissue.status == "reference" else (
+        f"BED and EQD2 rest on conventional {tissue.name} parameters (alpha/beta "
+        f"{tissue.alpha_beta_gy:g} Gy, repair half-time {tissue.t_rep_h:g} h) whose source is "
+        "not verified (dosimetry/data/tissues.csv)")
     if dose_gy <= 0:
-        return Bed(0.0, 0.0, None, tissue.alpha_beta_gy, tissue.t_rep_h)
+        return Bed(0.0, 0.0, None, tissue.alpha_beta_gy, tissue.t_rep_h, caveat)
     res = radiobiology.bed_exponential(dose_gy, tia.coefficients, tia.rates_per_h,
                                        tissue.alpha_beta_gy, tissue.t_rep_h)
-    return Bed(res.bed_gy, res.eqd2_gy, res.g_factor, tissue.alpha_beta_gy, tissue.t_rep_h)
+    return Bed(res.bed_gy, res.eqd2_gy, res.g_factor, tissue.alpha_beta_gy, tissue.t_rep_h,
+               caveat)
 
 
 @dataclass

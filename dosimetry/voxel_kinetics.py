@@ -8,8 +8,14 @@ built into the parameters::
     mono: A = a e^{-λw t},              a = e^{θ0}, λw = λmin + e^{θ1}
     bi:   A = a (e^{-λw t} - e^{-λu t}), λu = λw + e^{θ2}
 
-Weights are Poisson-like (1/max(A, floor)) or uniform. Per-voxel model choice by AICc when
-``n >= k + 2`` for both models, else by AIC (documented fallback for 3-4 time points).
+Weights are Poisson-like (1/max(A, floor)) or uniform. Per-voxel model choice (``auto``) by
+the organ fits' rule (:func:`kinetics.selection_criterion`): the models with a residual
+degree of freedom, AICc when ``n >= k + 2`` for both, else AIC for both (four time points),
+where a bi fit must also pass the plausibility check (coefficients of variation). With one
+residual degree of freedom a voxel's own residual cannot judge a fit that follows the noise
+of one point, so both use the noise of the weights' model with one gain pooled over the
+voxels (:func:`_choose_bi`). Before, mono was ranked by AICc and bi by plain AIC at four
+points, which labelled every voxel bi (TIA −1.5 % on mono-exponential voxels).
 Voxels whose summed activity is below ``min_activity_mbq`` (or whose fits fail) can take
 the organ's kinetics scaled to the voxel (PyTheranostics approach):
 ``TIA_v = TIA_organ × Σ_t A_v(t) / Σ_t A_organ(t)`` (:func:`tia_map_organ_scaled`).
@@ -22,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from theralake.dosimetry import kinetics
 
 __all__ = ["VoxelTiaResult", "fit_voxel_tacs", "tia_map_organ_scaled"]
 
@@ -178,6 +186,45 @@ def _mono_profile(t: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lmin: float
     return torch.stack([torch.log(torch.clamp(amp, min=1e-30)), s], 1), cost
 
 
+#: the median of a chi-square variable with one degree of freedom
+CHI2_1_MEDIAN = 0.4549364
+
+
+def _choose_bi(mono_cost: torch.Tensor, bi: tuple[torch.Tensor, torch.Tensor], t: torch.Tensor,
+               yn: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, weighting: str,
+               lmin: float, max_cv: float) -> torch.Tensor:
+    """Per voxel: whether the bi-exponential beats the mono-exponential by the organ fits'
+    rule, AIC among plausible fits, with the noise known instead of each voxel's own residual
+    (one residual degree of freedom at four time points: a bi fit can follow the noise of one
+    point, and its own residual then says it is exact).
+
+    The noise is the weights' model with one gain for all voxels (Poisson: variance ∝ A;
+    uniform: constant), the gain the median of the bi fits' residuals (bi nests mono, so they
+    are honest for both). A voxel takes bi where AIC with that variance prefers it
+    (``Δχ² > 2``) and each bi parameter's coefficient of variation is at most ``max_cv``.
+    """
+    th, bi_cost = bi
+    n = t.shape[1]
+    per_scale = scale[:, 0] if weighting == "poisson" else scale[:, 0] ** 2
+    gain = torch.median(bi_cost * per_scale) / (n - 3) / CHI2_1_MEDIAN
+    var = torch.clamp(gain / per_scale, min=1e-30)  # each voxel's noise in normalised units
+    better = (mono_cost - bi_cost) / var > 2.0
+    _, j = _model("bi", [th[:, i].contiguous() for i in range(3)], t, lmin)
+    h = {(a, b): (w * j[a] * j[b]).sum(1) for a in range(3) for b in range(a, 3)}
+    a, b, c, e, f, i = h[0, 0], h[0, 1], h[0, 2], h[1, 1], h[1, 2], h[2, 2]
+    cof = {(0, 0): e * i - f * f, (0, 1): c * f - b * i, (0, 2): b * f - c * e,
+           (1, 1): a * i - c * c, (1, 2): b * c - a * f, (2, 2): a * e - b * b}
+    det = a * cof[0, 0] + b * cof[0, 1] + c * cof[0, 2]
+    k = var / det  # covariance of the log-parameters = k × cofactors
+    elw, elu = torch.exp(th[:, 1]), torch.exp(th[:, 2])
+    lw = lmin + elw
+    cv2 = torch.stack([k * cof[0, 0], k * cof[1, 1] * elw**2 / lw**2,
+                       k * (cof[1, 1] * elw**2 + 2 * cof[1, 2] * elw * elu
+                            + cof[2, 2] * elu**2) / (lw + elu) ** 2], 1)
+    identified = torch.isfinite(cv2).all(1) & (det > 0) & (cv2 <= max_cv**2).all(1)
+    return better & identified
+
+
 def _integral(model: str, th: torch.Tensor, lmin: float) -> torch.Tensor:
     a = torch.exp(th[:, 0])
     lw = lmin + torch.exp(th[:, 1])
@@ -187,16 +234,17 @@ def _integral(model: str, th: torch.Tensor, lmin: float) -> torch.Tensor:
     return a * (1 / lw - 1 / lu)
 
 
-def _crit(n: int, k: int, cost: torch.Tensor) -> torch.Tensor:
+def _crit(kind: str, n: int, k: int, cost: torch.Tensor) -> torch.Tensor:
+    """AIC or AICc of every voxel's fit (relative weights: the likelihood term n ln(cost/n))."""
     base = n * torch.log(torch.clamp(cost, min=1e-300) / n) + 2 * k
-    return base + (2 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else 0.0)
+    return base + (2 * k * (k + 1) / (n - k - 1) if kind == "aicc" else 0.0)
 
 
 def fit_voxel_tacs(time_h, activity_maps, model: str = "auto", *,
                    decay_constant_per_h: float | None = None, mask=None,
                    weighting: str = "poisson", n_iter: int = 40,
                    min_activity_mbq: float = 0.0, organ_tia: float | None = None,
-                   chunk: int = 1_000_000, threads: int | None = None,
+                   chunk: int = 1_000_000, threads: int | None = None, max_cv: float = 0.5,
                    dtype: torch.dtype = torch.float64) -> VoxelTiaResult:
     """Fit mono/bi-exponential curves to every voxel and integrate them 0..∞.
 
@@ -204,8 +252,9 @@ def fit_voxel_tacs(time_h, activity_maps, model: str = "auto", *,
         time_h: (T,) acquisition times (h), strictly increasing.
         activity_maps: (T, ...) array or list of T equal-shape maps (MBq per voxel, or any
             non-negative quantity such as a dose rate).
-        model: ``mono``, ``bi`` or ``auto`` (per-voxel choice by AICc, AIC when too few
-            points).
+        model: ``mono``, ``bi`` or ``auto`` (per-voxel choice by the organ fits' rule: the
+            candidates with a residual degree of freedom, AICc, or AIC with the noise pooled
+            over the voxels at four time points; see :func:`_choose_bi`).
         decay_constant_per_h: physical decay constant, lower bound of the washout rate.
         mask: optional boolean mask of voxels to fit (others get 0).
         weighting: ``poisson`` (1/A) or ``uniform``.
@@ -215,6 +264,8 @@ def fit_voxel_tacs(time_h, activity_maps, model: str = "auto", *,
         organ_tia: organ TIA for the fallback, with the organ being the mask (or all).
         chunk: voxels per batch (memory control).
         threads: torch intra-op threads (default: unchanged).
+        max_cv: ``auto`` takes the bi-exponential only where each of its parameters has a
+            coefficient of variation of at most this (the organ fits' plausibility check).
         dtype: torch dtype of the fit (float32 is ~2x faster, float64 default).
 
     Raises:
@@ -242,7 +293,11 @@ def fit_voxel_tacs(time_h, activity_maps, model: str = "auto", *,
     code = np.full(n_tot, -1, np.int8)
     lam_eff = np.zeros(n_tot)
     models = ("mono", "bi") if model == "auto" else (model,)
-    if model in ("bi", "auto") and t.size < 3:
+    if model == "auto":  # the organ fits' candidates: at least one residual degree of freedom
+        models = tuple(m for m in models
+                       if t.size >= len(kinetics.PARAM_NAMES[m]) + 1) or ("mono",)
+    kind = kinetics.selection_criterion(t.size, [len(kinetics.PARAM_NAMES[m]) for m in models])
+    if model == "bi" and t.size < 3:
         raise ValueError("bi-exponential voxel fits need at least 3 time points")
     tt = torch.as_tensor(t, dtype=dtype)[None, :]
     for s0 in range(0, fit_idx.size, chunk):
@@ -265,9 +320,13 @@ def fit_voxel_tacs(time_h, activity_maps, model: str = "auto", *,
                 th0 = torch.stack([torch.log(a0 * 1.3), torch.log(lw0 - lmin),
                                    torch.log(lu0 - lw0)], 1)
                 th, cost = _lm(mdl, th0, tt, yn, w, lmin, n_iter)
-            out[mdl] = (th, cost, _crit(t.size, th.shape[1], cost))
+            out[mdl] = (th, cost, _crit(kind, t.size, th.shape[1], cost))
         if len(models) == 2:
-            use_bi = out["bi"][2] < out["mono"][2]
+            if kind == "aic":  # bi has one residual degree of freedom
+                use_bi = _choose_bi(out["mono"][1], out["bi"][:2], tt, yn, w, scale,
+                                    weighting, lmin, max_cv)
+            else:
+                use_bi = out["bi"][2] < out["mono"][2]
         else:
             use_bi = torch.full((idx.size,), models[0] == "bi")
         tia_c = torch.zeros(idx.size, dtype=dtype)

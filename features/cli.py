@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
+import SimpleITK as sitk
 import typer
 
 from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.features.job import run_features
-from theralake.lake import Lake
+from theralake.features.radiomics import ENGINES, extract_radiomics, load_feature_set
+from theralake.lake import Lake, Volume
 
 
 def features(
@@ -37,6 +40,60 @@ def features(
                f"{counts['errors']} skipped (see the feature_errors table)")
 
 
+def _read(path: Path, what: str) -> Volume:
+    if not path.exists():
+        raise ValueError(f"{path}: no such {what} file")
+    try:
+        return Volume.from_sitk(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: not an image SimpleITK can read ({what})") from exc
+
+
+def feature_key(feature_class: str, feature: str) -> str:
+    """The output key of one feature: its IBSI key (``"<IBSI family>: <IBSI feature>"``)
+    when computed by the IBSI definition, else ``"<engine class>: <engine name>"``."""
+    return feature if ": " in feature else f"{feature_class}: {feature}"
+
+
+def radiomics(
+    image: Annotated[Path, typer.Argument(help="image file (NIfTI, NRRD, MHA, ...)")],
+    mask: Annotated[Path, typer.Argument(help="mask file on the image's grid")],
+    set_name: Annotated[str, typer.Option("--set", help="feature set name or YAML path")
+                        ] = "default",
+    engine: Annotated[str | None, typer.Option(
+        help=f"{'|'.join(ENGINES)} (default: the set's own)")] = None,
+    kind: Annotated[str, typer.Option(help="image kind for the bin width: ct, pet, spect, "
+                                           "dose, bed")] = "ct",
+    label: Annotated[int | None, typer.Option(help="mask label (default: every non-zero "
+                                                   "voxel)")] = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Radiomic features of one image and mask, as pyradiomics' command line has (no lake):
+    IBSI features keyed "<IBSI family>: <IBSI feature>", others by the engine's names."""
+    try:
+        fs = load_feature_set(set_name).with_engine(engine)
+        vol, roi = _read(image, "image"), _read(mask, "mask")
+        if not vol.same_grid(roi):
+            raise ValueError(f"{mask}: not on the grid of {image}")
+        selected = roi.array != 0 if label is None else roi.array == label
+        values = extract_radiomics(vol, selected, kind, fs)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    out = {feature_key(cls, name): value for (cls, name), value in sorted(values.items())}
+    if as_json:
+        print_json(out)
+        return
+    if not quiet:
+        typer.echo(f"{fs.engine_version}, set {fs.name}, {int(np.sum(selected))} voxels")
+    width = max(map(len, out), default=0)
+    for key, value in out.items():
+        typer.echo(f"{key:<{width}}  {value:.6g}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``features`` to ``app``."""
+    """Add ``features`` and ``radiomics`` to ``app``."""
     app.command("features")(features)
+    app.command("radiomics")(radiomics)

@@ -49,7 +49,7 @@ from theralake.dosimetry.nuclides import get_nuclide
 from theralake.dosimetry.voi_activity import mask_on
 from theralake.features import dvh, uptake
 from theralake.features.inputs import FeatureInputs, read_features
-from theralake.features.radiomics import ENGINE, FeatureSet, extract_radiomics, load_feature_set
+from theralake.features.radiomics import FeatureSet, extract_radiomics, load_feature_set
 from theralake.lake import Lake, Volume, stable_hash
 from theralake.lake.rows import dvh_row, feature_error_row, feature_row
 from theralake.lake.views import current
@@ -186,7 +186,7 @@ def _radiomics(out: PatientFeatures, image: dict, voi: str, kind: str, vol: Volu
     for (cls, name), value in values.items():
         by_class.setdefault(cls, {})[name] = value
     for cls, class_values in by_class.items():
-        out.add(image, voi, kind, cls, class_values, settings_hash, ENGINE)
+        out.add(image, voi, kind, cls, class_values, settings_hash, fs.engine_version)
 
 
 def _deltas(rows: list[dict]) -> list[dict]:

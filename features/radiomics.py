@@ -1,19 +1,27 @@
-"""Radiomic features of one image and one VOI with pyradiomics (pyradiomics-bhklab build).
+"""Radiomic features of one image and one VOI with pyradiomics (pyradiomics-bhklab build) or
+MIRP (the IBSI reference implementation, :mod:`.mirp_engine`).
 
-A *feature set* is a pyradiomics parameter file (``features/data/sets/NAME.yaml``, or a path);
-the bin width is set per image kind from ``features/data/bin_widths.yaml`` (fixed bin size in
-the image's units, IBSI). The effective settings are hashed (:attr:`FeatureSet.hash_for`) and
-the hash is stored with every feature row. Feature names with an IBSI counterpart are stored
-under the IBSI name and definition (:func:`theralake.features.ibsi.to_ibsi`), others under
-pyradiomics' name.
+A *feature set* is a pyradiomics parameter file (``features/data/sets/NAME.yaml``, or a path)
+with three optional keys of theralake's: ``engine`` (``pyradiomics``, the default, or
+``mirp``), ``mirp`` (MIRP's settings) and ``bin_width`` (one width for every image kind).
+Otherwise the bin width is set per image kind from ``features/data/bin_widths.yaml`` (fixed
+bin size in the image's units, IBSI; MIRP's bins start at the kind's lower bound,
+:data:`LOWER_BOUNDS`). The effective settings and the engine are
+hashed (:attr:`FeatureSet.hash_for`) and the hash is stored with every feature row. A feature
+computed by the IBSI definition is stored under its IBSI name (pyradiomics' through
+:func:`theralake.features.ibsi.to_ibsi`, MIRP's all 74 IBSI-1 ones); any other under the
+engine's own name (pyradiomics' texture features with its own grey-level numbering, MIRP's
+texture tags).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,10 +31,12 @@ import SimpleITK as sitk
 import yaml
 
 from theralake.features.ibsi import ibsi_key, load_feature_map, to_ibsi
+from theralake.features.mirp_engine import DEFAULT_SETTINGS, MIRP_ENGINE, extract_mirp
 from theralake.lake import Volume
 from theralake.lake.volume import bounding_box
 
-__all__ = ["ENGINE", "FeatureSet", "extract_radiomics", "load_feature_set"]
+__all__ = ["ENGINE", "ENGINES", "FeatureSet", "LOWER_BOUNDS", "extract_radiomics",
+           "load_feature_set"]
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +48,53 @@ def _engine() -> str:
 
 
 ENGINE = _engine()
+ENGINES = ("pyradiomics", "mirp")
+#: MIRP's fixed bins start here per image kind (IBSI: the re-segmentation range's lower
+#: bound; CT at air)
+LOWER_BOUNDS = {"ct": -1000.0, "pet": 0.0, "spect": 0.0, "dose": 0.0, "bed": 0.0}
 MAX_GREY_LEVELS = 1000  # beyond this the texture matrices say more about units than tissue
 
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """A named pyradiomics parameter set and the bin width per image kind."""
+    """A named parameter set, its engine and the bin width per image kind."""
 
     name: str
     params: dict
     bin_widths: dict[str, float]
+    engine: str = "pyradiomics"
+    mirp: dict | None = None
+
+    @property
+    def engine_version(self) -> str:
+        """The engine and its version, stored with every feature row."""
+        return MIRP_ENGINE if self.engine == "mirp" else ENGINE
+
+    def with_engine(self, engine: str | None) -> FeatureSet:
+        """The same set computed by another engine (None: unchanged).
+
+        Raises:
+            ValueError: an unknown engine.
+        """
+        if engine is None:
+            return self
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; one of {', '.join(ENGINES)}")
+        return dataclasses.replace(self, engine=engine)
+
+    def mirp_settings_for(self, kind: str) -> dict:
+        """MIRP's settings for an image kind: the set's (or :data:`DEFAULT_SETTINGS`), with
+        the kind's bin width and lower bound where fixed bins are asked for and not given."""
+        settings = json.loads(json.dumps(self.mirp if self.mirp is not None
+                                         else DEFAULT_SETTINGS))
+        if settings.get("base_discretisation_method") == "fixed_bin_size":
+            if kind not in self.bin_widths:
+                raise ValueError(f"feature set {self.name}: no bin width for image kind "
+                                 f"{kind!r}")
+            settings.setdefault("base_discretisation_bin_width", float(self.bin_widths[kind]))
+            settings.setdefault("resegmentation_intensity_range",
+                                [LOWER_BOUNDS.get(kind, 0.0), math.inf])
+        return settings
 
     def params_for(self, kind: str) -> dict:
         params = json.loads(json.dumps(self.params))
@@ -57,7 +104,10 @@ class FeatureSet:
         return params
 
     def hash_for(self, kind: str) -> str:
-        text = json.dumps({"engine": ENGINE, "params": self.params_for(kind)}, sort_keys=True)
+        params = self.params_for(kind) if self.engine == "pyradiomics" else \
+            self.mirp_settings_for(kind)
+        text = json.dumps({"engine": self.engine_version, "params": params}, sort_keys=True,
+                          default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -81,9 +131,20 @@ def load_feature_set(name: str = "default") -> FeatureSet:
             raise ValueError(f"{path}: no such feature-set file")
         text = path.read_text()
     params = yaml.safe_load(text) or {}
+    engine = params.pop("engine", "pyradiomics")
+    mirp = params.pop("mirp", None)
+    bin_width = params.pop("bin_width", None)
+    if engine not in ENGINES:
+        raise ValueError(f"feature set {name}: unknown engine {engine!r}; one of "
+                         f"{', '.join(ENGINES)}")
+    if mirp is not None and not isinstance(mirp, dict):
+        raise ValueError(f"feature set {name}: 'mirp' must be a mapping of MIRP settings")
     _validate(params, name)
     widths = yaml.safe_load(data.joinpath("bin_widths.yaml").read_text())
-    return FeatureSet(Path(name).stem, params, {k: float(v) for k, v in widths.items()})
+    if bin_width is not None:  # the set's own width for every kind
+        widths = {kind: bin_width for kind in widths}
+    return FeatureSet(Path(name).stem, params, {k: float(v) for k, v in widths.items()},
+                      engine, mirp)
 
 
 def _validate(params: dict, name: str) -> None:
@@ -165,6 +226,8 @@ def extract_radiomics(image: Volume, mask: np.ndarray, kind: str, feature_set: F
     values = image.array[m]
     if not np.all(np.isfinite(values)):
         raise ValueError("image has NaN or infinite values inside the VOI")
+    if feature_set.engine == "mirp":
+        return extract_mirp(image, m, feature_set.mirp_settings_for(kind))
     params = feature_set.params_for(kind)
     levels = (values.max() - values.min()) / params["setting"]["binWidth"]
     if levels > MAX_GREY_LEVELS:

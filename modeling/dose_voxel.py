@@ -10,8 +10,12 @@
   exp(f), where f is a MONAI 3D U-Net's output from log(1 + SUV) and HU / 1000 (the log of a
   tissue's dose per unit uptake relative to the body's: its kinetics, learnt from context).
   The prediction is never negative; the network is trained on random patches with an L1 loss
-  on log dose per GBq (relative errors weigh alike in a kidney, a lesion and the body) and
-  applied with sliding-window inference.
+  on log dose per GBq (relative errors weigh alike in a kidney, a lesion and the body),
+  lesion-weighted: half the patches look for a lesion (centred on one two times in three, as
+  :func:`random_patch` does) and a lesion voxel's error weighs
+  ``LESION_WEIGHT`` times a body voxel's (lesions are a thousandth of the body: trained on
+  patches of the body alone the network predicted lesion dose worse than k x SUV, a held-out
+  median error of 0.855 against 0.499), and applied with sliding-window inference.
 - :func:`evaluate_voxel` scores predictors per patient and VOI against the dosimetry of the
   same patients (mean dose per GBq in each VOI, relative error, voxel MAE);
   :func:`summarise_voxel` condenses that per predictor and VOI group.
@@ -52,6 +56,8 @@ MARGIN_VOXELS = 2  # around the body's bounding box on the working grid
 HOT_QUANTILE = 0.9  # two patches in three are centred on body voxels above this dose quantile
 LOG_FACTOR_BOUND = 5.0  # |f|: the network scales the baseline by exp(-5) .. exp(5) at most
 LOG_OFFSET = 0.01  # the loss compares log(dose + offset), offset = this x 99th body percentile
+LESION_PATCH_SHARE = 0.9  # of the patches of a patient with lesions, centred on a lesion voxel
+LESION_WEIGHT = 100.0  # a lesion voxel's weight in the loss (a body voxel's: 1)
 WEIGHTS, CONFIG = "weights.pt", "config.json"
 
 
@@ -270,8 +276,13 @@ class VoxelDoseModel:
             target = s.dose_gy_per_gbq.array
             x = _inputs(s.pet_suv.array, s.ct_hu.array)
             hot = s.body & (target >= np.quantile(target[s.body], HOT_QUANTILE))
+            lesions = np.zeros_like(s.body)
+            for name, mask in s.masks.items():
+                if name.startswith("lesion_"):
+                    lesions |= mask
             data.append((np.stack([pad_to(c, p, c.min()) for c in x]),
-                         pad_to(target.astype(np.float32), p, 0.0), pad_to(hot, p, False)))
+                         pad_to(target.astype(np.float32), p, 0.0), pad_to(hot, p, False),
+                         pad_to(lesions, p, False)))
         self.spacing_mm_ = tuple(float(v) for v in np.mean(
             [s.dose_gy_per_gbq.spacing_mm for s in samples], axis=0))
         offset = self.log_offset_gy_per_gbq_
@@ -290,10 +301,11 @@ class VoxelDoseModel:
                     rng.shuffle(order)
                     losses = []
                     for b in range(0, len(order), self.batch_size):
-                        x, y = _patches([data[i] for i in order[b:b + self.batch_size]], p, rng)
+                        x, y, w = _patches([data[i] for i in order[b:b + self.batch_size]], p,
+                                           rng)
                         opt.zero_grad()
-                        loss = torch.nn.functional.l1_loss(torch.log(net(x) + offset),
-                                                           torch.log(y + offset))
+                        error = torch.abs(torch.log(net(x) + offset) - torch.log(y + offset))
+                        loss = (w * error).sum() / w.sum()
                         loss.backward()
                         opt.step()
                         losses.append(loss.item())
@@ -368,14 +380,18 @@ class VoxelDoseModel:
         return model
 
 
-def _patches(data: list[tuple[np.ndarray, np.ndarray, np.ndarray]], size: int,
-             rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of random patches (inputs, targets) from (inputs, target, hot voxels) triples."""
-    boxes = [random_patch(hot, size, rng) for _, _, hot in data]
-    x = np.stack([inputs[(slice(None), *box)] for (inputs, _, _), box in zip(data, boxes,
-                                                                              strict=True)])
-    y = np.stack([target[box][None] for (_, target, _), box in zip(data, boxes, strict=True)])
-    return torch.from_numpy(x), torch.from_numpy(y)
+def _patches(data: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], size: int,
+             rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of random patches (inputs, targets, loss weights) from (inputs, target, hot
+    voxels, lesion voxels): centred on a lesion ``LESION_PATCH_SHARE`` of the time where the
+    patient has one, else as :func:`random_patch` does on the hot voxels."""
+    boxes = [random_patch(lesions if lesions.any() and rng.random() < LESION_PATCH_SHARE
+                          else hot, size, rng) for _, _, hot, lesions in data]
+    x = np.stack([item[0][(slice(None), *box)] for item, box in zip(data, boxes, strict=True)])
+    y = np.stack([item[1][box][None] for item, box in zip(data, boxes, strict=True)])
+    w = np.stack([1.0 + (LESION_WEIGHT - 1.0) * item[3][box][None].astype(np.float32)
+                  for item, box in zip(data, boxes, strict=True)])
+    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w.astype(np.float32))
 
 
 def _grid_at(vol: Volume, spacing_mm: tuple[float, ...]) -> Volume:

@@ -10,6 +10,7 @@ The cohort report is :func:`theralake.pipelines.report_cohort.cohort_report`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -259,7 +260,8 @@ def _kinetics(lake: Lake, patient_id: str, od: pd.DataFrame, config: dict) -> Ht
 
 
 def _fit_row(voi: str, cycle: int, fit: TacFit) -> dict:
-    params = Html("<br>".join(esc(f"{n} {p:.4g} ± {s:.2g}") for n, p, s in
+    params = Html("<br>".join(esc(f"{n} {p:.4g} ± {s:.2g}" if math.isfinite(s) else
+                                  f"{n} {p:.4g} (not identifiable)") for n, p, s in
                               zip(fit.param_names, fit.params, fit.param_sd, strict=True)))
     return {"VOI": figs.label(voi), "cycle": cycle, "model": fit.model, "parameters ± SD": params,
             "T½eff (h)": num(fit.effective_half_life_h, 1),

@@ -26,7 +26,8 @@ CHAMPION = "champion"
 KEY_METRICS = ("harrell_c", "harrell_c_lower", "uno_c", "ibs", "auc", "auc_lower",
                "calibration_slope", "coverage", "median_abs_rel_error", "spearman_min_lower",
                "error_ratio_to_median",
-               "organ_median_abs_rel_error", "lesion_median_abs_rel_error", "organ_error_ratio")
+               "organ_median_abs_rel_error", "lesion_median_abs_rel_error", "organ_error_ratio",
+               "lesion_error_ratio")
 
 
 class PromotionRefused(ValueError):
@@ -143,7 +144,7 @@ def model_card(lake: object, name: str, version: str, gate: dict | None = None) 
              "voxel": ["organ_median_abs_rel_error", "lesion_median_abs_rel_error",
                        "voxel_mae_gy_per_gbq", "baseline_organ_median_abs_rel_error",
                        "baseline_lesion_median_abs_rel_error", "baseline_voxel_mae_gy_per_gbq",
-                       "organ_error_ratio"]}
+                       "organ_error_ratio", "lesion_error_ratio"]}
     if kind == "voxel":  # a network on images, validated on held-out patients
         data = [f"- Patients {p.get('n_patients')}: pre-therapy PET (SUVbw) and CT, target the "
                 f"cycle-1 dose map ({p.get('method')}) per GBq administered."]

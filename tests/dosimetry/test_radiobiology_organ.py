@@ -74,3 +74,20 @@ def test_organ_s_table_and_mass_scaling(tmp_path):
     with pytest.raises(ValueError, match="lacks columns"):
         load_s_table(bad)
     assert np.isfinite(s50)
+
+
+def test_bed_says_what_its_parameters_rest_on():
+    """Issue 20.5: BED from unsourced LQ parameters, or the dose itself for a tissue without
+    any, was silent; now each VOI's BED says so (a quality finding of the cycle)."""
+    from theralake.dosimetry.time_integration import Integration
+    from theralake.dosimetry.voi_dose import bed_of
+
+    lam = math.log(2) / 40
+    tia = Integration(100.0, 5.0, "fit", "mono", 40.0, [4.0, 24.0], [1.0], [lam], {})
+    kidney = bed_of("kidney_left", 10.0, tia)
+    assert kidney.caveat is None
+    assert kidney.bed_gy == pytest.approx(rb.bed_mono(10.0, lam, 2.6, 2.8).bed_gy)
+    lesion = bed_of("lesion_002", 10.0, tia)
+    assert "not verified" in lesion.caveat and lesion.alpha_beta_gy == 10.0
+    liver = bed_of("liver", 10.0, tia)
+    assert "equal the absorbed dose" in liver.caveat and liver.bed_gy == 10.0
