@@ -146,9 +146,13 @@ def _with_uncertainty(fit: kinetics.TacFit, t: np.ndarray, a: np.ndarray, settin
             not any(r.startswith("no degrees of freedom") for r in fit.reasons):
         return fit
     rel = float(settings["activity_relative_sd"])
-    again = kinetics.fit_tac(t, a, fit.model, sigma_mbq=np.maximum(rel * a, 1e-9 * a.max()),
-                             decay_constant_per_h=decay_constant_per_h,
-                             segments=fit.extra.get("segments", "linear"))
+    try:
+        again = kinetics.fit_tac(t, a, fit.model, sigma_mbq=np.maximum(rel * a, 1e-9 * a.max()),
+                                 decay_constant_per_h=decay_constant_per_h,
+                                 segments=fit.extra.get("segments", "linear"))
+    except RuntimeError as exc:  # the weighted refit did not converge: say so, keep the fit's
+        return dataclasses.replace(fit, reasons=[
+            *fit.reasons, f"the {rel:.0%} activity uncertainty could not be propagated ({exc})"])
     if one_dof:  # one residual is no estimate of the noise: at least the SPECT's own
         if math.isfinite(sd) and sd >= again.tia_sd_mbq_h:
             return fit

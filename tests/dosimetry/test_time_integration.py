@@ -153,3 +153,26 @@ def test_sphere_recovery_matches_a_monte_carlo():
     mc = float((np.linalg.norm(points, axis=1) < radius).mean())
     assert sphere_recovery(10.0, 11.0) == pytest.approx(mc, abs=0.005)
     assert sphere_recovery(1e6, 11.0) > 0.99 and sphere_recovery(0.1, 11.0) < 0.1
+
+
+def test_a_near_exact_four_point_fit_keeps_the_spect_uncertainty(monkeypatch):
+    """A bi fit at four points has one residual: a near-exact one said TIA ± 0. Its TIA
+    uncertainty is now at least the SPECT activity uncertainty's; a weighted refit that fails
+    is said, not raised (a cohort run stopped on it)."""
+    t = np.array([4.0, 24.0, 48.0, 168.0])
+    lw, lu = math.log(2) / 55 + LAM_LU, math.log(2) / 3 + LAM_LU
+    a = 100 * (np.exp(-lw * t) - np.exp(-lu * t)) * (1 + np.array([1e-6, -1e-6, 1e-6, 0.0]))
+    res = integrate(t, a, "kidney_left", SETTINGS, LAM_LU, None, "Lu-177")
+    assert res.model == "bi" and 0.01 < res.tia_sd_mbq_h / res.tia_mbq_h < 0.2
+
+    fit_tac = kinetics.fit_tac
+
+    def failing(*args, **kwargs):  # the weighted refit only
+        if kwargs.get("sigma_mbq") is not None:
+            raise RuntimeError("bi fit did not converge")
+        return fit_tac(*args, **kwargs)
+
+    monkeypatch.setattr(kinetics, "fit_tac", failing)
+    res = integrate(t, a, "kidney_left", SETTINGS, LAM_LU, None, "Lu-177")
+    assert res.model == "bi"
+    assert any("could not be propagated" in r for r in res.parameters["reasons"])
