@@ -409,6 +409,7 @@ def _fit_param(model: str, t, a, s, lmin, lmax, max_cv, max_abs_corr, p_start=No
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OptimizeWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 in a blind covariance
                 popt, pcov = curve_fit(f, t, a, p0=p0, sigma=sig, absolute_sigma=absolute,
                                        bounds=(lo, hi), method="trf", maxfev=5000)
                 if not absolute:  # re-weight with the model (proportional errors)
