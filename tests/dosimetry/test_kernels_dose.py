@@ -162,11 +162,9 @@ def test_photon_tail_converges_with_a_far_kernel():
     kidney = ((x - 26) ** 2 + y**2 + z**2) * v * v <= 33.0**2  # 150 mL, 16 cm away
     tia = liver.astype(float)
     doses = {}
-    for size in (11, 41):
-        for reach in (0.0, 300.0):
-            k = voxel_s_kernel("Lu-177", v, size, photon_reach_mm=reach)
-            d = dz.vsv_dose(tia, k)
-            doses[size, reach] = (d[liver].mean(), d[kidney].mean())
+    for size, reach in ((11, 0.0), (11, 300.0), (41, 300.0)):  # 41³ with the cut: +25 s
+        d = dz.vsv_dose(tia, voxel_s_kernel("Lu-177", v, size, photon_reach_mm=reach))
+        doses[size, reach] = (d[liver].mean(), d[kidney].mean())
     assert doses[11, 300.0][0] == pytest.approx(doses[41, 300.0][0], rel=0.005)
     # the cross-dose (0.4 % of the liver's own) on coarse voxels, or fine ones to 91 mm
     assert doses[11, 300.0][1] == pytest.approx(doses[41, 300.0][1], rel=0.05)

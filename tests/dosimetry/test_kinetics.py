@@ -140,9 +140,9 @@ def test_two_washout_phases():
     l1, l2 = math.log(2) / 6.0 + LAM_LU, math.log(2) / 80.0 + LAM_LU
     p = [50.0, l2, 50.0, l1]
     clean, truth = k.model_function("two_washout")(T_FIVE, *p), k.model_integral("two_washout", p)
-    median, picks = _replicates(clean, truth, n=100)
+    median, picks = _replicates(clean, truth, n=60)
     assert abs(median) < 0.01, (median, picks)
-    old, _ = _replicates(clean, truth, models=("mono", "bi"), n=100)
+    old, _ = _replicates(clean, truth, models=("mono", "bi"), n=60)
     assert old > 0.02
     fit = k.fit_tac(T_FIVE, clean, "two_washout", decay_constant_per_h=LAM_LU)
     assert fit.params[1] == pytest.approx(l2, rel=1e-4) and fit.params[3] == pytest.approx(l1,
