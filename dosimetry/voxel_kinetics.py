@@ -94,17 +94,16 @@ def _solve_small(h: dict, g: list[torch.Tensor]) -> list[torch.Tensor]:
         a, b, d = h[0, 0], h[0, 1], h[1, 1]
         det = a * d - b * b
         return [(g[0] * d - b * g[1]) / det, (a * g[1] - b * g[0]) / det]
+    cof, det = _cofactors(h)
+    return [sum(cof[min(r, q), max(r, q)] * g[q] for q in range(3)) / det for r in range(3)]
+
+
+def _cofactors(h: dict) -> tuple[dict, torch.Tensor]:
+    """Cofactors (upper triangle) and determinant of batched symmetric 3x3 matrices."""
     a, b, c, e, f, i = h[0, 0], h[0, 1], h[0, 2], h[1, 1], h[1, 2], h[2, 2]
-    c00 = e * i - f * f
-    c01 = c * f - b * i
-    c02 = b * f - c * e
-    c11 = a * i - c * c
-    c12 = b * c - a * f
-    c22 = a * e - b * b
-    det = a * c00 + b * c01 + c * c02
-    return [(c00 * g[0] + c01 * g[1] + c02 * g[2]) / det,
-            (c01 * g[0] + c11 * g[1] + c12 * g[2]) / det,
-            (c02 * g[0] + c12 * g[1] + c22 * g[2]) / det]
+    cof = {(0, 0): e * i - f * f, (0, 1): c * f - b * i, (0, 2): b * f - c * e,
+           (1, 1): a * i - c * c, (1, 2): b * c - a * f, (2, 2): a * e - b * b}
+    return cof, a * cof[0, 0] + b * cof[0, 1] + c * cof[0, 2]
 
 
 def _lm(model: str, th0: torch.Tensor, t: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
@@ -211,10 +210,7 @@ def _choose_bi(mono_cost: torch.Tensor, bi: tuple[torch.Tensor, torch.Tensor], t
     better = (mono_cost - bi_cost) / var > 2.0
     _, j = _model("bi", [th[:, i].contiguous() for i in range(3)], t, lmin)
     h = {(a, b): (w * j[a] * j[b]).sum(1) for a in range(3) for b in range(a, 3)}
-    a, b, c, e, f, i = h[0, 0], h[0, 1], h[0, 2], h[1, 1], h[1, 2], h[2, 2]
-    cof = {(0, 0): e * i - f * f, (0, 1): c * f - b * i, (0, 2): b * f - c * e,
-           (1, 1): a * i - c * c, (1, 2): b * c - a * f, (2, 2): a * e - b * b}
-    det = a * cof[0, 0] + b * cof[0, 1] + c * cof[0, 2]
+    cof, det = _cofactors(h)
     k = var / det  # covariance of the log-parameters = k × cofactors
     elw, elu = torch.exp(th[:, 1]), torch.exp(th[:, 2])
     lw = lmin + elw
