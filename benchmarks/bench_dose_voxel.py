@@ -8,7 +8,7 @@ relative error of the organ and lesion mean dose per GBq and the voxel MAE in th
 network and of k x SUV, with their ratio (network / baseline: below 1, the network is better),
 and the training time. Torch runs on ``--threads`` (default 1).
 
-    python benchmarks/bench_dose_voxel.py [--patients 10] [--epochs 60] [--full] [--out DIR]
+    python benchmarks/bench_dose_voxel.py [--patients 20] [--epochs 60] [--full] [--out DIR]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def prepare(root: Path, patients: int, seed: int, small: bool) -> Lake:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--patients", type=int, default=10)
+    ap.add_argument("--patients", type=int, default=20)
     ap.add_argument("--seed", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=None, help="default: the config's")
     ap.add_argument("--held-out", type=float, default=None, help="fraction; default: config's")

@@ -133,7 +133,7 @@ def train_voxel(lake: Lake, config: dict | None = None, seed: int = 0, register:
         baseline = SuvScaledDose().fit(train)
         evaluation = evaluate_voxel(model, held, baseline)
         first = held[0]
-        slices = {name: p.predict(first.pet_suv, first.ct_hu).array
+        slices = {name: p.predict(first.pet_suv, first.ct_hu, first.pet_lesions).array
                   for name, p in (("network", model), ("baseline", baseline))}
     summary = summarise_voxel(evaluation)
     metrics = {**voxel_metrics(summary), "train_seconds": model.train_seconds_,
@@ -146,8 +146,9 @@ def train_voxel(lake: Lake, config: dict | None = None, seed: int = 0, register:
                          ds_hash, run_id, name, version)
 
 
-def _tags(ds_hash: str) -> dict[str, str]:
-    return {"task": "dose", "kind": "voxel", "model": "voxel", "feature_set": "pet+ct",
+def _tags(ds_hash: str, lesion_channel: bool) -> dict[str, str]:
+    return {"task": "dose", "kind": "voxel", "model": "voxel",
+            "feature_set": "pet+ct+lesions" if lesion_channel else "pet+ct",
             "dataset_hash": ds_hash}
 
 
@@ -176,7 +177,7 @@ def _track(lake: Lake, config: dict, model: VoxelDoseModel, evaluation: pd.DataF
             {"train_patients": split[0], "held_out_patients": split[1]}))
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         with tracking.start_run(lake, VOXEL_MODEL_NAME, run_name="dose-voxel",
-                                tags=_tags(ds_hash)) as run:
+                                tags=_tags(ds_hash, model.lesion_channel)) as run:
             params = {k: (",".join(map(str, v)) if isinstance(v, tuple | list) else v)
                       for k, v in model.get_params().items() if k != "progress"}
             mlflow.log_params({**params, "task": "dose", "model": "voxel", "seed": seed,
@@ -191,12 +192,13 @@ def _track(lake: Lake, config: dict, model: VoxelDoseModel, evaluation: pd.DataF
             mlflow.log_artifacts(str(folder), artifact_path="validation")
             saved = model.save(Path(tmp) / dose_voxel_model.ARTIFACT)
             info = segmenter_model.log_weights(
-                dose_voxel_model.VoxelDoseModelWrapper(), saved, dose_voxel_model.signature(),
-                dose_voxel_model.input_example(), name)
+                dose_voxel_model.VoxelDoseModelWrapper(), saved,
+                dose_voxel_model.signature(model.lesion_channel),
+                dose_voxel_model.input_example(model.lesion_channel), name)
             run_id = run.info.run_id
     version = str(info.registered_model_version) if name else None
     if name:
-        tracking.set_alias(lake, name, version, CANDIDATE, _tags(ds_hash))
+        tracking.set_alias(lake, name, version, CANDIDATE, _tags(ds_hash, model.lesion_channel))
     return run_id, name, version
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from theralake.dosimetry.patient import load_config, run_cycle
 from theralake.ingest.pseudonym import Pseudonymizer
@@ -96,6 +98,75 @@ def test_registered_pet_puts_kidney_uptake_in_the_kidneys(world):
         assert s.ct_hu.array[s.masks["liver"]].mean() == pytest.approx(50, abs=60)
 
 
+def _lesion_union(s) -> np.ndarray:
+    return np.any([m for n, m in s.masks.items() if n.startswith("lesion_")]
+                  or [np.zeros_like(s.body)], axis=0)
+
+
+def test_the_pet_lesions_are_on_the_working_grid(world):
+    """Issue 20.13: the PET/CT's lesion contours, registered like the PET, are the network's
+    third input; they fall on the lesions the dosimetry measured and nowhere else."""
+    _, _, samples, _ = world
+    inside, total = 0, 0
+    for s in samples:
+        occupancy = s.pet_lesions.array
+        assert s.pet_lesions.same_grid(s.pet_suv)
+        assert occupancy.min() >= 0 and occupancy.max() <= 1
+        lesions = _lesion_union(s)
+        far = ndimage.distance_transform_edt(~lesions) > 3  # voxels from a measured lesion
+        assert occupancy[far].max(initial=0) == 0
+        inside += int((occupancy[lesions] > 0).sum())
+        total += int(lesions.sum())
+    assert total > 0 and inside / total > 0.8
+
+
+def test_a_pet_ct_without_contours_is_said(world, caplog):
+    lake, _, samples, _ = world
+    pet = samples[0].pet_suv
+    with caplog.at_level(logging.WARNING, logger="theralake.modeling.dose_voxel"):
+        empty = dose_voxel.pet_lesions(lake, "no-such-ct", pet, "patient PX")
+    assert empty.shape == pet.array.shape and not empty.any()
+    assert "patient PX: the PET/CT has no VOIs, so no lesion channel" in caplog.text
+
+
+def test_lesions_get_the_training_lesions_dose_per_suv(world, caplog):
+    """In every voxel the PET's lesions touch the prediction is k_lesion x SUV, k_lesion the
+    training lesions' dose per GBq over their SUV (the synthetic lesions keep Lu-177 longer
+    than the body: more dose per SUV); without the lesion map a warning says lesions look like
+    body."""
+    _, _, samples, model = world
+    dose = sum(float((s.dose_gy_per_gbq.array * s.pet_lesions.array).sum()) for s in samples)
+    suv = sum(float((s.pet_suv.array * s.pet_lesions.array).sum()) for s in samples)
+    k_lesion = dose / suv
+    assert model.lesion_log_factor_ == pytest.approx(
+        np.log(k_lesion / model.gy_per_gbq_per_suv_), rel=1e-6)
+    assert k_lesion > 1.2 * model.gy_per_gbq_per_suv_
+    s = next(x for x in samples if x.pet_lesions.array.any())
+    full = s.pet_lesions.array > 0
+    pred = model.predict(s.pet_suv, s.ct_hu, s.pet_lesions).array
+    np.testing.assert_allclose(pred[full], k_lesion * s.pet_suv.array[full], rtol=1e-3)
+    with caplog.at_level(logging.WARNING, logger="theralake.modeling.dose_voxel"):
+        blind = model.predict(s.pet_suv, s.ct_hu).array
+    assert "got none: any lesion is predicted as background" in caplog.text
+    assert not np.allclose(blind[full], pred[full], rtol=0.05)
+
+
+def test_a_model_saved_without_the_lesion_channel_loads(world, tmp_path):
+    """Models saved before the lesion channel (two inputs) load and predict as before."""
+    _, _, samples, _ = world
+    s = samples[0]
+    old = VoxelDoseModel(epochs=1, lesion_channel=False, random_state=3, **SMALL).fit(samples)
+    want = old.predict(s.pet_suv, s.ct_hu).array
+    folder = old.save(tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    del config["params"]["lesion_channel"], config["fitted"]["lesion_log_factor_"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = VoxelDoseModel.load(folder)
+    assert loaded.lesion_channel is False
+    np.testing.assert_array_equal(loaded.predict(s.pet_suv, s.ct_hu, s.pet_lesions).array,
+                                  want)
+
+
 def test_training_lowers_the_loss_and_predicts_on_the_inputs_grid(world):
     lake, _, samples, model = world
     assert len(model.history_) == 20 and np.isfinite(model.history_).all()
@@ -122,14 +193,14 @@ def test_training_lowers_the_loss_and_predicts_on_the_inputs_grid(world):
 def test_save_and_load_give_the_same_predictions(world, tmp_path):
     _, _, samples, model = world
     s = samples[1]
-    want = model.predict(s.pet_suv, s.ct_hu).array
+    want = model.predict(s.pet_suv, s.ct_hu, s.pet_lesions).array
     folder = model.save(tmp_path / "model")
     model.save(folder)  # overwriting an existing model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporaries left
     loaded = VoxelDoseModel.load(folder)
     assert loaded.get_params() == model.get_params()
     assert loaded.spacing_mm_ == model.spacing_mm_ and loaded.history_ == model.history_
-    np.testing.assert_array_equal(loaded.predict(s.pet_suv, s.ct_hu).array, want)
+    np.testing.assert_array_equal(loaded.predict(s.pet_suv, s.ct_hu, s.pet_lesions).array, want)
     with pytest.raises(FileNotFoundError, match="not a saved voxel dose model"):
         VoxelDoseModel.load(tmp_path)
 
@@ -220,18 +291,20 @@ def test_train_tracks_registers_and_loads_back(world, monkeypatch):
             "validation/evaluation.parquet"} <= arts
     mv = client(lake).get_model_version_by_alias("theralake-dose-voxel", "candidate")
     assert str(mv.version) == res.version and mv.tags["kind"] == "voxel"
+    assert mv.tags["feature_set"] == "pet+ct+lesions"
     # the registered weights predict what the trained network predicts
     s = next(x for x in samples if x.patient_id == res.held_out_patients[0])
-    want = res.model.predict(s.pet_suv, s.ct_hu).array
+    want = res.model.predict(s.pet_suv, s.ct_hu, s.pet_lesions).array
     loaded = load_voxel_model(lake)
     assert loaded.registry_version_ == res.version
-    np.testing.assert_array_equal(loaded.predict(s.pet_suv, s.ct_hu).array, want)
+    np.testing.assert_array_equal(loaded.predict(s.pet_suv, s.ct_hu, s.pet_lesions).array, want)
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     with use_lake(lake):
         import mlflow.pyfunc
 
         served = mlflow.pyfunc.load_model("models:/theralake-dose-voxel@candidate").predict(
-            {"pet_suv": s.pet_suv.array, "ct_hu": s.ct_hu.array},
+            {"pet_suv": s.pet_suv.array, "ct_hu": s.ct_hu.array,
+             "pet_lesions": s.pet_lesions.array},
             params={"spacing_mm": list(s.pet_suv.spacing_mm),
                     "origin_mm": list(s.pet_suv.origin_mm),
                     "direction": s.pet_suv.direction.ravel().tolist()})
@@ -266,7 +339,8 @@ def test_training_patches_look_for_lesions_and_weigh_them():
     hot[:8, :8, :8] = True
     lesions = np.zeros(shape, bool)
     lesions[50:53, 50:53, 50:53] = True
-    item = (np.zeros((2, *shape), np.float32), np.ones(shape, np.float32), hot, lesions)
+    item = (np.zeros((2, *shape), np.float32), np.ones(shape, np.float32), hot, lesions,
+            1.0 + (dose_voxel.LESION_WEIGHT - 1.0) * lesions.astype(np.float32))
     rng = np.random.default_rng(0)
     seen = 0
     for _ in range(200):
