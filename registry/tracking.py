@@ -90,7 +90,9 @@ def _read_only_store(folder: Path) -> str:
     db = folder / "mlflow.db"
     if not db.exists():
         raise ModelNotFoundError(f"{folder.parent} is read-only and holds no model registry")
-    return f"sqlite:///file:{db.as_posix()}?mode=ro&uri=true"
+    # the driver-qualified scheme: with plain ``sqlite:///file:...`` MLflow makes the parent
+    # folders of ``file:/...`` read as a relative path, an empty ``file:`` tree in the cwd
+    return f"sqlite+pysqlite:///file:{db.as_posix()}?mode=ro&uri=true"
 
 
 _READY: set[str] = set()

@@ -129,11 +129,13 @@ def test_a_read_only_lake_answers_every_read_only_command(filled, tmp_path: Path
         ["export", "--image-id", image_id, "--out", str(tmp_path / "image.nii.gz")],
     ]
     env = {**os.environ, "THERALAKE_PSEUDONYM_KEY": TEST_KEY}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     outputs = {}
     for argv in commands:
         done = subprocess.run([*runner, sys.executable, "-m", "theralake.pipelines.cli", *argv,
                                "--lake", str(lake.path)], capture_output=True, text=True,
-                              env=env, timeout=300)
+                              env=env, timeout=300, cwd=cwd)
         assert done.returncode == 0, (argv, done.stdout[-2000:], done.stderr[-2000:])
         assert "Traceback" not in done.stderr, (argv, done.stderr[-2000:])
         outputs[argv[0]] = done.stdout
@@ -141,6 +143,9 @@ def test_a_read_only_lake_answers_every_read_only_command(filled, tmp_path: Path
     assert (tmp_path / "cohort.html").stat().st_size > 0
     assert (tmp_path / "patient.html").stat().st_size > 0
     assert (tmp_path / "image.nii.gz").stat().st_size > 0
+    # the read-only registry leaves nothing where the commands ran (it left an empty file:/...
+    # folder tree, MLflow reading sqlite:///file:/... as a relative path)
+    assert list(cwd.iterdir()) == []
     write = subprocess.run([*runner, sys.executable, "-m", "theralake.pipelines.cli",
                             "dosimetry", "--lake", str(lake.path)], capture_output=True,
                            text=True, env=env, timeout=300)
