@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import nibabel as nib
@@ -181,6 +182,15 @@ def test_catalog_views_are_usable_from_duckdb(lake):
         assert con.execute("select value_num from clinical").fetchall() == [(12.5,)]
     finally:
         con.close()
+
+
+def test_the_catalog_opens_in_older_duckdb(lake):
+    """Issue 21: DuckDB 2.0 wrote the catalog in its storage version 999, which DuckDB 1.5 and
+    1.1 refuse; the pinned 1.4 LTS writes version 64, which DuckDB 0.10 to 2.0 open (checked
+    with DuckDB 1.1.3 by hand). The version is the 8 bytes after the header's ``DUCK``."""
+    header = (lake.path / "catalog.duckdb").read_bytes()[:20]
+    assert header[8:12] == b"DUCK"
+    assert struct.unpack_from("<Q", header, 12)[0] == 64
 
 
 def test_export_nifti_keeps_voxels_and_world_coordinates(lake, tmp_path):
