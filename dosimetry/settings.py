@@ -14,8 +14,14 @@ from theralake.dosimetry.registration_files import default_model_dir, weights_sh
 from theralake.lake import Lake
 from theralake.settings import deep_merge, load_settings
 
-__all__ = ["METHODS", "REGISTRATIONS", "DosimetryError", "config_hash", "load_config",
-           "record_config", "resolve_config"]
+__all__ = ["METHODS", "MODEL_VERSION", "REGISTRATIONS", "DosimetryError", "config_hash",
+           "load_config", "record_config", "resolve_config"]
+
+#: the version of the dosimetry's numbers, hashed with the settings into every row: raise it
+#: whenever a change moves a number, so that rows computed before are computed again (not
+#: kept because their inputs and settings are unchanged). 2: photon interactions without
+#: coherent scattering as absorption (2026-12-07).
+MODEL_VERSION = 2
 
 METHODS = ("ldm", "vsv", "vsv-density", "organ-s")
 REGISTRATIONS = ("deformable", "rigid", "none", "ai")
@@ -82,13 +88,20 @@ def resolve_config(lake: Lake, config: dict) -> dict:
     return {**config, "registration_model": str(folder), "registration_model_sha256": sha}
 
 
+def _versioned(config: dict) -> dict:
+    return {**config, "model_version": MODEL_VERSION}
+
+
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """The settings' hash, with :data:`MODEL_VERSION` (the rows' ``params_hash``)."""
+    return hashlib.sha256(json.dumps(_versioned(config), sort_keys=True).encode()
+                          ).hexdigest()[:16]
 
 
 def record_config(lake: Lake, config: dict) -> str:
-    """Store the run's settings in the lake's ``configs`` table; returns their hash."""
+    """Store the run's settings (and the model version) in the lake's ``configs`` table;
+    returns their hash."""
     digest = config_hash(config)
     lake.append("configs", [{"id": digest, "kind": "dosimetry",
-                             "yaml": yaml.safe_dump(config, sort_keys=True)}])
+                             "yaml": yaml.safe_dump(_versioned(config), sort_keys=True)}])
     return digest

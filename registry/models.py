@@ -176,7 +176,9 @@ def model_card(lake: object, name: str, version: str, gate: dict | None = None) 
             "regression": "first-cycle absorbed dose per GBq from pre-therapy data, with "
                           "conformal prediction intervals, for activity planning.",
             "voxel": "first-cycle absorbed dose per GBq map from the pre-therapy PET/CT "
-                     "(a U-Net refining k x SUV), for activity planning."}.get(kind, ""),
+                     "(a U-Net refining k x SUV; with the lesion channel, the PET's lesion "
+                     "contours get the training lesions' dose per SUV), for activity "
+                     "planning."}.get(kind, ""),
         "- Decision support for trained staff only; not a substitute for measured dosimetry.",
         "", "## Data (TRIPOD+AI 5-8, 20)",
         f"- Source: the theralake lake, dataset hash `{p.get('dataset_hash')}`.",

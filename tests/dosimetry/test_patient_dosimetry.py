@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from theralake.dosimetry import registration
+from theralake.dosimetry import registration, settings
 from theralake.dosimetry.patient import DosimetryError, config_hash, load_config, run_cycle
 from theralake.ingest.pseudonym import Pseudonymizer
 from theralake.ingest.runner import IngestOptions, ingest
-from theralake.lake import Lake, Volume
+from theralake.lake import Lake, Volume, views
 from theralake.synth.cohort import generate_cohort
 from theralake.synth.config import SynthConfig
 
@@ -138,6 +141,26 @@ def test_lake_rows_are_complete_and_idempotent(cohort, result):
     before = lake.counts()
     run_cycle(lake, pid, 1, config)  # the same inputs and settings add nothing
     assert lake.counts() == before
+
+
+def test_a_new_dosimetry_model_computes_the_rows_again(cohort, result, tmp_path, monkeypatch):
+    """Row ids hash the inputs and settings, not the numbers: after a change that moves the
+    numbers (today's photon interactions) a rerun kept yesterday's rows, silently. The
+    settings' hash carries ``MODEL_VERSION``, so a new version writes new, current rows."""
+    lake, pid = cohort[:2]
+    res, config = result
+    copy = Lake(shutil.copytree(lake.path, tmp_path / "lake"))
+    old_hash = config_hash(config)
+    monkeypatch.setattr(settings, "MODEL_VERSION", settings.MODEL_VERSION + 1)
+    new_hash = config_hash(config)
+    assert new_hash != old_hash
+    run_cycle(copy, pid, 1, config)
+    od = copy.read("organ_dosimetry", "patient_id = ?", [pid])
+    assert set(od.params_hash) >= {old_hash, new_hash}
+    assert set(views.dosimetry(copy, ["ldm"], pid).params_hash) == {new_hash}
+    assert settings.record_config(copy, config) == new_hash
+    recorded = yaml.safe_load(copy.read("configs", "id = ?", [new_hash]).yaml.iloc[0])
+    assert recorded["model_version"] == settings.MODEL_VERSION
 
 
 def test_registration_brings_kidneys_back(cohort):
