@@ -89,9 +89,15 @@ class Lake:
     # -- opening -------------------------------------------------------------------------
     def _check_meta(self, meta: Path) -> None:
         try:
-            version = json.loads(meta.read_text())["schema_version"]
+            found = json.loads(meta.read_text())
+            version = found["schema_version"]
         except (ValueError, KeyError) as exc:
             raise LakeError(f"{meta}: unreadable lake metadata ({exc})") from exc
+        if found.get("format", "parquet") != "parquet":
+            kind = {"ducklake": "DuckLake"}.get(found["format"], found["format"])
+            raise LakeError(f"{self.path} is a {kind} lake (made by theralake lake "
+                            "migrate): this theralake reads and writes lakes of Parquet parts; "
+                            "query the copy with DuckDB as the migration printed")
         if version != SCHEMA_VERSION:
             raise LakeError(
                 f"{self.path}: lake schema version {version}, this theralake "

@@ -25,6 +25,7 @@ from theralake.ingest.cli import LakeOption
 from theralake.ingest.cli import register as register_ingest
 from theralake.ingest.errors import printable
 from theralake.lake import Lake, LakeError
+from theralake.lake.ducklake import migrate, open_lines
 from theralake.modeling.cli import register as register_modeling
 from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
@@ -97,6 +98,36 @@ def _cell(v: object) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in v) + "]"
     return "" if v is None else str(v)
+
+
+lake_app = typer.Typer(help="The lake itself: copy it into DuckLake.", no_args_is_help=True)
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("migrate")
+def lake_migrate_command(
+    old: Annotated[Path, typer.Argument(help="a lake of Parquet parts (today's layout)")],
+    new: Annotated[Path, typer.Argument(help="the DuckLake lake's folder (created if missing)")],
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Copy every table of OLD into the DuckLake lake NEW (a catalog file and its data files),
+    row for row, in one transaction; run again later, it copies only the new rows. Prints the
+    two DuckDB statements that open NEW wherever it is moved."""
+    try:
+        copied = migrate(Lake(old, create=False), new)
+    except LakeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    lines = open_lines(new)
+    if as_json:
+        print_json({"rows_copied": copied, "open_with": lines})
+        return
+    if not quiet:
+        typer.echo(f"copied {sum(copied.values())} rows into {Path(new).resolve()}: " + ", ".join(
+            f"{table} {n}" for table, n in copied.items() if n))
+        typer.echo("open it in DuckDB with:\n  " + "\n  ".join(lines))
 
 
 @app.command("export")
