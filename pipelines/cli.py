@@ -24,7 +24,7 @@ from theralake.features.cli import register as register_features
 from theralake.ingest.cli import LakeOption
 from theralake.ingest.cli import register as register_ingest
 from theralake.ingest.errors import printable
-from theralake.lake import Lake, LakeError
+from theralake.lake import SCHEMAS, Lake, LakeError
 from theralake.lake.ducklake import migrate, open_lines
 from theralake.modeling.cli import register as register_modeling
 from theralake.modeling.registration_training import register as register_registration_training
@@ -115,8 +115,14 @@ def lake_migrate_command(
     """Copy every table of OLD into the DuckLake lake NEW (a catalog file and its data files),
     row for row, in one transaction; run again later, it copies only the new rows. Prints the
     two DuckDB statements that open NEW wherever it is moved."""
+    from rich.progress import Progress
+
     try:
-        copied = migrate(Lake(old, create=False), new)
+        source = Lake(old, create=False)
+        with Progress(transient=True, disable=quiet or as_json) as bar:
+            task = bar.add_task("copying the tables", total=len(SCHEMAS))
+            copied = migrate(source, new, progress=lambda table, n: bar.update(
+                task, advance=1, description=f"copied {table} ({n} rows)"))
     except LakeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
