@@ -27,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 import duckdb_ext
+import pyarrow as pa
 
 from theralake import __version__
 from theralake.lake.schemas import SCHEMA_VERSION, SCHEMAS
@@ -106,9 +107,7 @@ def migrate(source: Lake, dest: str | os.PathLike[str],
     try:
         con.execute("BEGIN TRANSACTION")
         for table, schema in SCHEMAS.items():
-            con.register("empty_rows", schema.empty_table())
-            con.execute(f"CREATE TABLE IF NOT EXISTS lake.{table} AS SELECT * FROM empty_rows")
-            con.unregister("empty_rows")
+            _create_or_extend(con, table, schema)
             parts = [p.as_posix() for p in sorted(source.table_dir(table).glob("part-*.parquet"))]
             before = con.execute(f"SELECT count(*) FROM lake.{table}").fetchone()[0]
             con.execute(f"INSERT INTO lake.{table} BY NAME SELECT * FROM read_parquet(?, "
@@ -129,6 +128,20 @@ def migrate(source: Lake, dest: str | os.PathLike[str],
         "migrated_from": source.path.as_posix(),
         "migrated_utc": datetime.now(UTC).isoformat()}, indent=2).encode())
     return copied
+
+
+def _create_or_extend(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> None:
+    """Create the DuckLake table from the Arrow schema, or add the columns a newer schema has
+    (a copy made by an older theralake takes the newer lake's rows)."""
+    con.register("empty_rows", schema.empty_table())
+    try:
+        con.execute(f"CREATE TABLE IF NOT EXISTS lake.{table} AS SELECT * FROM empty_rows")
+        have = {r[0] for r in con.execute(f"DESCRIBE lake.{table}").fetchall()}
+        for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM empty_rows").fetchall():
+            if name not in have:
+                con.execute(f'ALTER TABLE lake.{table} ADD COLUMN "{name}" {kind}')
+    finally:
+        con.unregister("empty_rows")
 
 
 def _quoted(text: str) -> str:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from theralake.lake import SCHEMAS, Lake, LakeError
+from theralake.lake import SCHEMAS, Lake, LakeError, ducklake
 from theralake.lake.ducklake import CATALOG, extension_path, migrate
 from theralake.pipelines.cli import app
 
@@ -106,6 +106,20 @@ def test_migrate_again_copies_only_new_rows(old_lake, tmp_path):
             "SELECT snapshot_id FROM lake.snapshots() ORDER BY snapshot_id").fetchall()]
         assert con.execute(f"SELECT count(*) FROM lake.clinical AT (VERSION => {versions[-2]})"
                            ).fetchone()[0] == 2
+    finally:
+        con.close()
+
+
+def test_a_copy_made_before_a_new_column_takes_it(old_lake, tmp_path, monkeypatch):
+    dest = tmp_path / "new"
+    migrate(old_lake, dest)
+    newer = {**SCHEMAS, "clinical": SCHEMAS["clinical"].append(pa.field("note", pa.string()))}
+    monkeypatch.setattr(ducklake, "SCHEMAS", newer)
+    assert set(migrate(old_lake, dest).values()) == {0}
+    con = _plain_duckdb(dest)
+    try:
+        assert con.execute("SELECT count(*) FROM lake.clinical WHERE note IS NULL").fetchone() \
+            == (2,)
     finally:
         con.close()
 
