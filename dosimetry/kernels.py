@@ -39,8 +39,9 @@ import numpy as np
 
 from theralake import __version__
 
+from . import MODEL_VERSION
 from .nuclides import MEV_TO_J, get_nuclide
-from .point_kernels import PHOTON_MODEL, RadialDeposition, electron_dpk, photon_dpk
+from .point_kernels import RadialDeposition, electron_dpk, photon_dpk
 
 __all__ = ["VoxelKernel", "voxel_s_kernel", "splat_radial", "FAR_FACTOR"]
 
@@ -182,7 +183,7 @@ def _energy_maps(nuclide: str, voxel_mm: float, size: int, density: float,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Energy per decay deposited in each voxel (MeV): electrons, photons and the far photon
     kernel on coarse voxels (None without a reach); cached on disk."""
-    key = hashlib.sha256(repr((__version__, PHOTON_MODEL, nuclide, voxel_mm, size, density,
+    key = hashlib.sha256(repr((__version__, MODEL_VERSION, nuclide, voxel_mm, size, density,
                                include_photons, beta_only, photon_reach_mm)).encode()
                          ).hexdigest()[:24]
     path = cache_dir() / "kernels" / f"{key}.npz"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from theralake.dosimetry import MODEL_VERSION
 from theralake.dosimetry.auto_vois import BACKENDS as SEGMENTATION_BACKENDS
 from theralake.dosimetry.registration_files import default_model_dir, weights_sha256
 from theralake.lake import Lake
@@ -17,11 +18,6 @@ from theralake.settings import deep_merge, load_settings
 __all__ = ["METHODS", "MODEL_VERSION", "REGISTRATIONS", "DosimetryError", "config_hash",
            "load_config", "record_config", "resolve_config"]
 
-#: the version of the dosimetry's numbers, hashed with the settings into every row: raise it
-#: whenever a change moves a number, so that rows computed before are computed again (not
-#: kept because their inputs and settings are unchanged). 2: photon interactions without
-#: coherent scattering as absorption (2026-12-07).
-MODEL_VERSION = 2
 
 METHODS = ("ldm", "vsv", "vsv-density", "organ-s")
 REGISTRATIONS = ("deformable", "rigid", "none", "ai")

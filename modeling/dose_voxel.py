@@ -33,7 +33,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -323,14 +323,13 @@ class VoxelDoseModel:
             x = _inputs(s.pet_suv.array, s.ct_hu.array,
                         s.pet_lesions.array if self.lesion_channel else None)
             hot = s.body & (target >= np.quantile(target[s.body], HOT_QUANTILE))
-            lesions = np.zeros_like(s.body)
-            for name, mask in s.masks.items():
-                if name.startswith("lesion_"):
-                    lesions |= mask
+            lesions = np.zeros_like(s.body)  # patch centres: as random_patch does
             if self.lesion_channel:  # the PET's lesions get k_lesion x SUV: no loss there
                 weights = (s.pet_lesions.array <= 0).astype(np.float32)
-                lesions = np.zeros_like(lesions)  # patches centred as random_patch does
             else:
+                for name, mask in s.masks.items():
+                    if name.startswith("lesion_"):
+                        lesions |= mask
                 weights = 1.0 + (LESION_WEIGHT - 1.0) * lesions.astype(np.float32)
             data.append((np.stack([pad_to(c, p, c.min()) for c in x]),
                          pad_to(target.astype(np.float32), p, 0.0), pad_to(hot, p, False),
@@ -456,11 +455,18 @@ def _patches(data: list[tuple[np.ndarray, ...]], size: int, rng: np.random.Gener
     return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w.astype(np.float32))
 
 
+def _dose_per_suv(samples: list[VoxelSample], weight: Callable[[VoxelSample], np.ndarray]
+                  ) -> tuple[float, float]:
+    """The samples' dose per GBq and SUV, each summed with the voxel weights ``weight(s)``."""
+    dose = sum(float((s.dose_gy_per_gbq.array * weight(s)).sum()) for s in samples)
+    suv = sum(float((s.pet_suv.array * weight(s)).sum()) for s in samples)
+    return dose, suv
+
+
 def _lesion_log_factor(samples: list[VoxelSample], gy_per_gbq_per_suv: float) -> float:
     """log(k_lesion / k): the training lesions' dose per GBq summed over their SUV (weighted by
     the PET's lesion occupancy) against the body's k; 0 without lesions."""
-    dose = sum(float((s.dose_gy_per_gbq.array * s.pet_lesions.array).sum()) for s in samples)
-    suv = sum(float((s.pet_suv.array * s.pet_lesions.array).sum()) for s in samples)
+    dose, suv = _dose_per_suv(samples, lambda s: s.pet_lesions.array)
     if not (dose > 0 and suv > 0):
         return 0.0
     return float(np.clip(np.log(dose / suv / gy_per_gbq_per_suv), -LOG_FACTOR_BOUND,
@@ -488,8 +494,7 @@ class SuvScaledDose:
     def fit(self, samples: list[VoxelSample]) -> SuvScaledDose:
         if not samples:
             raise ValueError("fit needs at least one voxel sample")
-        dose = sum(float(s.dose_gy_per_gbq.array[s.body].sum()) for s in samples)
-        suv = sum(float(s.pet_suv.array[s.body].sum()) for s in samples)
+        dose, suv = _dose_per_suv(samples, lambda s: s.body)
         self.gy_per_gbq_per_suv_ = dose / suv
         return self
 
