@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import SimpleITK as sitk
 import typer
 
 from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_json
 from theralake.features.job import run_features
 from theralake.features.radiomics import ENGINES, extract_radiomics, load_feature_set
 from theralake.lake import Lake, Volume
+from theralake.lake.volume import read_image
 
 
 def features(
@@ -44,9 +44,9 @@ def _read(path: Path, what: str) -> Volume:
     if not path.exists():
         raise ValueError(f"{path}: no such {what} file")
     try:
-        return Volume.from_sitk(sitk.ReadImage(str(path)))
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not an image SimpleITK can read ({what})") from exc
+        return read_image(path)
+    except ValueError as exc:
+        raise ValueError(f"{path} ({what}): {exc}") from exc
 
 
 def feature_key(feature_class: str, feature: str) -> str:

@@ -30,6 +30,7 @@ from theralake.ingest.frames import (
 from theralake.ingest.radiopharm import Administration, administration_from_dicom, decay_factor
 from theralake.ingest.scrub import identifying_values
 from theralake.lake import Volume
+from theralake.lake.volume import require_finite as require_finite_voxels
 
 IMAGE_MODALITIES = {"CT": "ct", "PT": "pet", "NM": "spect", "RTDOSE": "dose", "MR": "mr"}
 
@@ -73,13 +74,10 @@ def require_finite(voxels: np.ndarray, label: str) -> None:
     Raises:
         IngestError: naming the file and how many voxels are not finite.
     """
-    array = np.asanyarray(voxels)
-    if not np.issubdtype(array.dtype, np.floating):
-        return
-    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-    if bad:
-        raise IngestError(label, f"{bad} of {array.size} voxels are not finite numbers (NaN or "
-                                 "infinite); a quantitative image must be measured everywhere")
+    try:
+        require_finite_voxels(voxels)
+    except ValueError as exc:
+        raise IngestError(label, str(exc)) from exc
 
 
 def _demographics(ds: Dataset) -> dict:

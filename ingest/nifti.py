@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from theralake.ingest.dicom_images import PendingImage, require_finite
+from theralake.ingest.dicom_images import PendingImage
 from theralake.ingest.errors import IngestError
 from theralake.ingest.radiopharm import (
     HALF_LIFE_H,
@@ -21,6 +20,7 @@ from theralake.ingest.radiopharm import (
     purpose_of,
 )
 from theralake.lake import Volume
+from theralake.lake.volume import read_image
 
 SIDECAR_KEYS = {
     "PatientID", "Modality", "Units", "Radionuclide", "Cycle", "InjectedActivityMBq",
@@ -122,28 +122,14 @@ def administration_from_sidecar(meta: dict, side: Path) -> Administration | None
                           "sidecar", cycle)
 
 
-def _require_finite_file(path: Path) -> None:
-    """Refuse a NIfTI file holding NaN or infinite voxels, counted in the file itself: ITK's
-    reader turns NaN into 0, which would be stored as a measured zero."""
-    image = nib.load(path)
-    if image.get_data_dtype().kind == "f":
-        require_finite(np.asanyarray(image.dataobj), str(path))
-
-
 def read_nifti(path: Path) -> PendingImage | PendingLabels:
     """A NIfTI file and its sidecar, quantified like the DICOM equivalent."""
-    import SimpleITK as sitk
-
     meta = read_sidecar(path)
     side = path.with_name(stem(path) + ".json")
     try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise IngestError(path, f"unreadable NIfTI ({str(exc).strip().splitlines()[-1]})") from exc
-    if img.GetDimension() != 3:
-        raise IngestError(path, f"expected a 3D image, got {img.GetDimension()}D")
-    _require_finite_file(path)
-    vol = Volume.from_sitk(img)
+        vol = read_image(path)
+    except ValueError as exc:
+        raise IngestError(path, str(exc)) from exc
     modality, units = meta["Modality"], meta["Units"]
     frame = f"nifti:{path.parent.resolve()}/{meta.get('FrameOf') or stem(path)}"
     if modality == "SEG":

@@ -3,12 +3,52 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pyarrow as pa
 
 COMPRESSION = "zstd"
+
+
+def require_finite(voxels: np.ndarray) -> None:
+    """Refuse voxels that are not finite numbers (NaN, infinity).
+
+    Raises:
+        ValueError: saying how many voxels are not finite.
+    """
+    array = np.asanyarray(voxels)
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ValueError(f"{bad} of {array.size} voxels are not finite numbers (NaN or "
+                         "infinite); a quantitative image must be measured everywhere")
+
+
+def read_image(path: str | os.PathLike[str]) -> Volume:
+    """A 3D image file SimpleITK reads (NIfTI, NRRD, MHA, ...) as a :class:`Volume`.
+
+    Raises:
+        ValueError: the file is unreadable, not 3D, or holds NaN or infinite voxels (counted
+            in a NIfTI file itself: ITK's reader turns NaN into 0, a measured-looking zero).
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ValueError(f"unreadable image ({str(exc).strip().splitlines()[-1]})") from exc
+    if img.GetDimension() != 3:
+        raise ValueError(f"expected a 3D image, got {img.GetDimension()}D")
+    volume = Volume.from_sitk(img)
+    nifti = path.name.endswith((".nii", ".nii.gz"))
+    require_finite(np.asanyarray(nib.load(path).dataobj) if nifti else volume.array)
+    return volume
 
 
 @dataclass

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -100,3 +101,11 @@ def test_errors_name_the_file(tmp_path):
     assert result.exit_code == 2 and "none.nii.gz: no such image file" in result.output
     result = RUNNER.invoke(app, ["radiomics", *PHANTOM, "--engine", "other"])
     assert result.exit_code == 2 and "unknown engine" in result.output
+    # ITK reads a NIfTI's NaN as 0: the features would have counted a measured zero there
+    phantom = nib.load(PHANTOM[0])
+    data = np.asanyarray(phantom.dataobj).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, phantom.affine), tmp_path / "nan.nii.gz")
+    result = RUNNER.invoke(app, ["radiomics", str(tmp_path / "nan.nii.gz"), PHANTOM[1]])
+    assert result.exit_code == 2 and "nan.nii.gz (image): 1 of" in result.output
+    assert "voxels are not finite numbers" in result.output
