@@ -12,8 +12,9 @@ from theralake.cli_output import JsonOption, QuietOption, VerboseOption, print_j
 from theralake.ingest.runner import IngestOptions, ingest
 from theralake.lake import Lake
 
-LakeOption = Annotated[Path | None, typer.Option("--lake", help="lake folder "
-                                                 "(default $THERALAKE_LAKE or ./lake)")]
+LakeOption = Annotated[str | None, typer.Option("--lake", help=(
+    "lake folder (default $THERALAKE_LAKE or ./lake), or postgresql://user@host:port/db"
+    "?data_path=/shared/folder for a catalog in PostgreSQL"))]
 
 
 def register(app: typer.Typer) -> None:

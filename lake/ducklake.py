@@ -1,50 +1,52 @@
-"""The lake as DuckLake (issue 21, first part): a copy of a lake in DuckLake's format.
+"""DuckLake, the lake's table format: a SQL catalog plus Parquet data files, attached to DuckDB.
 
-:func:`migrate` copies every table of a lake of today's layout (Parquet parts under
-``tables/``) into a DuckLake lake: a DuckDB catalog file ``catalog.ducklake`` and the data files
-under ``data/``, both in one folder. The copy is one DuckLake transaction (one snapshot: a
-failure leaves the destination as it was) and idempotent (rows whose ``id`` the destination
-already holds are not copied again), so it can be repeated as the old lake grows.
+A lake folder holds ``theralake.json``, the data files under ``data/`` and, by default, the
+catalog as a SQLite file ``catalog.sqlite`` (in WAL mode: readers never block a writer, and the
+local engine's worker processes write at once). A lake made with ``--lake postgresql://…`` keeps
+its catalog in that PostgreSQL database and its data files in the folder, which every writer
+mounts (``theralake.json`` records the catalog, so the folder alone names the lake afterwards).
 
-The DuckLake extension comes from the ``duckdb-ext-ducklake`` package (no network). Any DuckDB
-of the pinned version opens the copy, wherever the folder was moved, with two lines::
+Data files are recorded relative to the data path, and every opening sets the data path to the
+folder's own, so a copied or moved lake opens where it now is. The extensions come from the
+``duckdb-ext-*`` packages of the pinned DuckDB (no network). Any DuckDB 1.4.4 opens a lake with
+the two lines :func:`open_lines` writes (``theralake lake open-lines`` prints them)::
 
-    LOAD '<site-packages>/duckdb_ext/extensions/v1.4.4/linux_amd64/ducklake.duckdb_extension';
-    ATTACH 'ducklake:<lake>/catalog.ducklake' AS lake
+    LOAD '<…>/ducklake.duckdb_extension'; LOAD '<…>/sqlite_scanner.duckdb_extension';
+    ATTACH 'ducklake:sqlite:<lake>/catalog.sqlite' AS lake
         (DATA_PATH '<lake>/data/', OVERRIDE_DATA_PATH true, READ_ONLY);
 
-(:func:`open_lines` writes them for a folder, ``theralake lake migrate`` prints them; where
-DuckDB can download extensions, ``INSTALL ducklake; LOAD ducklake`` does the first).
+(where DuckDB can download extensions, ``INSTALL ducklake; INSTALL sqlite;`` replaces the first).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable
-from datetime import UTC, datetime
+import shutil
+import sqlite3
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import duckdb
 import duckdb_ext
-import pyarrow as pa
 
-from theralake import __version__
-from theralake.lake.schemas import SCHEMA_VERSION, SCHEMAS
-from theralake.lake.store import META_FILE, Lake, LakeError, _atomic_write_bytes
+__all__ = ["CATALOG_FILE", "DATA", "SQLITE", "attach", "catalog_kind", "extension_path",
+           "is_postgres", "open_lines", "redacted"]
 
-__all__ = ["CATALOG", "DATA", "attach", "extension_path", "migrate", "open_lines"]
-
-CATALOG = "catalog.ducklake"
+CATALOG_FILE = "catalog.sqlite"
 DATA = "data"
-FORMAT = "ducklake"  # theralake.json's "format" of a DuckLake lake
+#: theralake.json's ``catalog`` of a lake whose catalog is the folder's SQLite file
+SQLITE = "sqlite"
+_SCANNERS = {"sqlite": "sqlite_scanner", "postgres": "postgres_scanner"}
+
+
+class ExtensionMissing(RuntimeError):
+    """The DuckDB extension package of the pinned DuckDB is not installed."""
 
 
 def extension_path(name: str = "ducklake") -> Path:
     """The DuckDB extension file shipped by the ``duckdb-ext-<name>`` package.
 
     Raises:
-        LakeError: the package is not installed for this DuckDB version and platform.
+        ExtensionMissing: the package is not installed for this DuckDB version and platform.
     """
     platform = duckdb.execute("PRAGMA platform").fetchone()[0]
     for root in duckdb_ext.__path__:
@@ -52,97 +54,90 @@ def extension_path(name: str = "ducklake") -> Path:
             f"{name}.duckdb_extension"
         if path.exists():
             return path
-    raise LakeError(f"no DuckDB {name} extension for DuckDB {duckdb.__version__} on {platform}: "
-                    f"install duckdb-ext-{name} of the same version")
+    package = name.removesuffix("_scanner")
+    raise ExtensionMissing(f"no DuckDB {name} extension for DuckDB {duckdb.__version__} on "
+                           f"{platform}: install duckdb-ext-{package} of the same version")
 
 
-def open_lines(folder: str | os.PathLike[str]) -> list[str]:
-    """The two statements that open the DuckLake lake in ``folder`` in any DuckDB of the pinned
-    version, read-only (the module docstring's)."""
-    folder = Path(folder).resolve()
-    return [f"LOAD '{_quoted(extension_path().as_posix())}';",
-            f"ATTACH 'ducklake:{_quoted((folder / CATALOG).as_posix())}' AS lake "
-            f"(DATA_PATH '{_quoted((folder / DATA).as_posix())}/', OVERRIDE_DATA_PATH true, "
-            "READ_ONLY);"]
+def is_postgres(catalog: str) -> bool:
+    return catalog.startswith(("postgresql://", "postgres://"))
 
 
-def attach(folder: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the DuckLake lake in ``folder`` attached as ``lake`` (its data
-    path set to the folder's own, wherever the folder is now)."""
-    con = duckdb.connect()
-    con.execute(f"LOAD '{_quoted(extension_path().as_posix())}'")
-    data = (folder / DATA).as_posix() + "/"
-    options = f"DATA_PATH '{_quoted(data)}', OVERRIDE_DATA_PATH true" + (
-        ", READ_ONLY" if read_only else "")
-    con.execute(f"ATTACH 'ducklake:{_quoted((folder / CATALOG).as_posix())}' AS lake "
-                f"({options})")
-    return con
+def catalog_kind(catalog: str) -> str:
+    """``postgres`` for a PostgreSQL URL, else ``sqlite`` (the folder's file)."""
+    return "postgres" if is_postgres(catalog) else "sqlite"
 
 
-def migrate(source: Lake, dest: str | os.PathLike[str],
-            progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
-    """Copy every table of ``source`` into the DuckLake lake ``dest`` (created if missing).
-
-    Returns the rows copied per table (0 where the destination had them all). ``progress`` is
-    called with each table's name and its rows copied.
-
-    Raises:
-        LakeError: ``dest`` exists and is neither empty nor a DuckLake lake; ``source`` is
-            itself a DuckLake lake.
-    """
-    dest = Path(dest).resolve()
-    if (source.path / CATALOG).exists():
-        raise LakeError(f"{source.path} is already a DuckLake lake")
-    if dest == source.path:
-        raise LakeError(f"{dest}: the destination must be another folder than the lake")
-    meta = dest / META_FILE
-    if dest.exists() and any(dest.iterdir()) and not (dest / CATALOG).exists():
-        raise LakeError(f"{dest} exists, is not empty and is not a DuckLake lake "
-                        f"(no {CATALOG})")
-    if meta.exists() and json.loads(meta.read_text()).get("schema_version") != SCHEMA_VERSION:
-        raise LakeError(f"{dest}: a DuckLake lake of another schema version")
-    (dest / DATA).mkdir(parents=True, exist_ok=True)
-    copied: dict[str, int] = {}
-    con = attach(dest)
-    try:
-        con.execute("BEGIN TRANSACTION")
-        for table, schema in SCHEMAS.items():
-            _create_or_extend(con, table, schema)
-            parts = [p.as_posix() for p in sorted(source.table_dir(table).glob("part-*.parquet"))]
-            before = con.execute(f"SELECT count(*) FROM lake.{table}").fetchone()[0]
-            con.execute(f"INSERT INTO lake.{table} BY NAME SELECT * FROM read_parquet(?, "
-                        f"union_by_name = true) WHERE id NOT IN (SELECT id FROM lake.{table})",
-                        [parts])
-            copied[table] = con.execute(f"SELECT count(*) FROM lake.{table}").fetchone()[0] \
-                - before
-            if progress is not None:
-                progress(table, copied[table])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
-    _atomic_write_bytes(meta, json.dumps({
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "theralake_version": __version__,
-        "migrated_from": source.path.as_posix(),
-        "migrated_utc": datetime.now(UTC).isoformat()}, indent=2).encode())
-    return copied
-
-
-def _create_or_extend(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> None:
-    """Create the DuckLake table from the Arrow schema, or add the columns a newer schema has
-    (a copy made by an older theralake takes the newer lake's rows)."""
-    con.register("empty_rows", schema.empty_table())
-    try:
-        con.execute(f"CREATE TABLE IF NOT EXISTS lake.{table} AS SELECT * FROM empty_rows")
-        have = {r[0] for r in con.execute(f"DESCRIBE lake.{table}").fetchall()}
-        for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM empty_rows").fetchall():
-            if name not in have:
-                con.execute(f'ALTER TABLE lake.{table} ADD COLUMN "{name}" {kind}')
-    finally:
-        con.unregister("empty_rows")
+def redacted(catalog: str) -> str:
+    """The catalog with any password left out (for messages and lineage)."""
+    if not is_postgres(catalog):
+        return catalog
+    parts = urlsplit(catalog)
+    if parts.password is None:
+        return catalog
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _quoted(text: str) -> str:
     return text.replace("'", "''")
+
+
+def _statements(folder: Path, catalog: str, *, read_only: bool, snapshot: int | None,
+                catalog_file: Path | None = None) -> list[str]:
+    kind = catalog_kind(catalog)
+    source = catalog if kind == "postgres" else (catalog_file or folder / CATALOG_FILE).as_posix()
+    options = [f"DATA_PATH '{_quoted((folder / DATA).as_posix())}/'", "OVERRIDE_DATA_PATH true"]
+    if read_only:
+        options.append("READ_ONLY")
+    if snapshot is not None:
+        options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
+    return [f"LOAD '{_quoted(extension_path().as_posix())}'",
+            f"LOAD '{_quoted(extension_path(_SCANNERS[kind]).as_posix())}'",
+            f"ATTACH 'ducklake:{kind}:{_quoted(source)}' AS lake ({', '.join(options)})"]
+
+
+def open_lines(folder: str | Path, catalog: str = SQLITE) -> list[str]:
+    """The two lines that open the lake in ``folder`` read-only in any DuckDB 1.4.4."""
+    load_ducklake, load_scanner, attach_lake = _statements(
+        Path(folder).resolve(), redacted(catalog), read_only=True, snapshot=None)
+    return [f"{load_ducklake}; {load_scanner};", f"{attach_lake};"]
+
+
+def attach(folder: Path, catalog: str = SQLITE, *, read_only: bool = False,
+           snapshot: int | None = None, catalog_file: Path | None = None,
+           ) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the lake attached as ``lake``: read-write, or read-only (at
+    ``snapshot``, the newest if None). ``catalog_file`` reads a copy of the SQLite catalog
+    (a lake on read-only media: SQLite's WAL mode needs a writable folder to read).
+
+    The extensions are the installed packages' files, loaded by path without checking their
+    signature again: the check costs 0.2 s per connection, opened by every task and command,
+    and the files are as trusted as DuckDB itself (same index, same install). Queries cannot
+    load anything (``Lake.sql`` runs SELECT only, with external access off).
+    """
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    try:
+        for stmt in _statements(folder, catalog, read_only=read_only, snapshot=snapshot,
+                                catalog_file=catalog_file):
+            con.execute(stmt)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def create_sqlite_catalog(folder: Path) -> None:
+    """An empty SQLite catalog file in WAL mode (a reader never blocks a writer)."""
+    with sqlite3.connect(folder / CATALOG_FILE) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+    con.close()
+
+
+def copy_sqlite_catalog(folder: Path, dest: Path) -> Path:
+    """Copy the SQLite catalog (and its write-ahead log) into ``dest``; returns the copy."""
+    for suffix in ("", "-wal"):
+        source = folder / f"{CATALOG_FILE}{suffix}"
+        if source.exists():
+            shutil.copyfile(source, dest / source.name)
+    return dest / CATALOG_FILE

@@ -292,6 +292,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("seconds", _f64),
         pa.field("engine", _str),
         pa.field("worker", _str),  # host:pid that ran it
+        pa.field("lake_snapshot", _i64),  # the lake snapshot the task read at its start
         LINEAGE_COLUMNS,
     ),
 }

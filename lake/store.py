@@ -1,4 +1,4 @@
-"""The lake: a folder of Parquet tables with atomic, idempotent appends and a DuckDB catalog."""
+"""The lake: DuckLake tables (a SQL catalog plus Parquet data files) with idempotent appends."""
 
 from __future__ import annotations
 
@@ -8,19 +8,24 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
+import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from theralake import __version__
+from theralake.lake import ducklake
 from theralake.lake.schemas import SCHEMA_VERSION, SCHEMAS
 from theralake.lake.volume import Volume
 
@@ -28,15 +33,28 @@ log = logging.getLogger(__name__)
 
 #: the statements ``Lake.sql`` runs: queries, never writes
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+#: DuckLake's functions that change a lake: a query may not call them, even read-only
+MAINTENANCE_FUNCTIONS = re.compile(
+    r"\bducklake_(expire_snapshots|cleanup_old_files|merge_adjacent_files|"
+    r"delete_orphaned_files|rewrite_data_files|flush_inlined_data|add_data_files|set_option|"
+    r"set_commit_message)\b", re.IGNORECASE)
 META_FILE = "theralake.json"
-SCHEMA_PART = "part-00000000-schema-{digest}.parquet"  # one empty part per schema version
+FORMAT = "ducklake"  # theralake.json's "format"
+#: the one-row table every write updates, so that two concurrent writes conflict (a comment or
+#: other schema change would conflict too, but would split the data files by schema version)
+TOKEN_SCHEMA = "theralake"
+TOKEN = f"{TOKEN_SCHEMA}.writes"
+_COUNT_WRITE = f"UPDATE lake.{TOKEN} SET writes = writes + 1"
+#: how long a write retries while other writers' commits conflict with it
+WRITE_WAIT_S = float(os.environ.get("THERALAKE_WRITE_WAIT_S", "300"))
+T = TypeVar("T")
 
 
 class LakeError(RuntimeError):
     """A lake that cannot be opened or written as asked."""
 
 
-_DUCK_LOCK = threading.Lock()
+_DUCK_LOCK = threading.RLock()
 
 
 def default_lake_path() -> Path:
@@ -49,163 +67,217 @@ def stable_hash(*parts: object) -> str:
 
 
 class Lake:
-    """A theralake lake folder: ``tables/<table>/part-*.parquet`` plus ``catalog.duckdb``.
+    """A theralake lake: DuckLake tables (a SQL catalog plus Parquet data files) in a folder.
 
     Args:
-        path: the lake folder; created (with the current schema version) if missing.
-        create: create the folder when it does not exist.
+        path: the lake folder (created, with the current schema version, if missing), or
+            ``postgresql://user@host:port/db?data_path=/shared/folder`` for a lake whose catalog
+            is in PostgreSQL (the folder then names it alone).
+        create: create the lake when it does not exist.
+        snapshot: read the lake as it was at this snapshot (read-only); the newest if None.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True):
-        self.path = Path(path) if path is not None else default_lake_path()
-        self.path = self.path.resolve()
-        self._duck: duckdb.DuckDBPyConnection | None = None
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True,
+                 snapshot: int | None = None):
+        location = str(path) if path is not None else str(default_lake_path())
+        catalog_url = None
+        if ducklake.is_postgres(location):
+            catalog_url, location = _postgres_location(location)
+        self.path = Path(location).resolve()
+        self._writer: duckdb.DuckDBPyConnection | None = None
+        self._reader: duckdb.DuckDBPyConnection | None = None
+        self._catalog_copy: tempfile.TemporaryDirectory | None = None
+        self.pinned_snapshot = snapshot
         self.read_only = False
-        #: called under the write lock before every part is written (a run's liveness check)
+        #: called inside every write's transaction, before its commit (a run's liveness check)
         self.write_guard: Callable[[], None] | None = None
         meta = self.path / META_FILE
         if self.path.exists() and not self.path.is_dir():
             raise LakeError(f"{self.path} is a file, not a lake folder")
-        if meta.exists():
-            self._check_meta(meta)
-        elif self.path.exists() and any(self.path.iterdir()):
-            raise LakeError(f"{self.path} exists, is not empty and is not a theralake lake "
-                            f"(no {META_FILE})")
-        elif not create:
-            raise LakeError(f"no lake at {self.path}")
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(meta, json.dumps(
-                {"schema_version": SCHEMA_VERSION, "theralake_version": __version__,
-                 "created_utc": datetime.now(UTC).isoformat()}, indent=2).encode())
-            log.info("created lake at %s", self.path)
-        self.read_only = not _writable(self.path)
-        if self.read_only:  # an archive or a read-only mount: it answers queries as it is
-            log.info("%s is read-only: opened for reading", self.path)
+        if not meta.exists():
+            if self.path.exists() and any(self.path.iterdir()):
+                raise LakeError(f"{self.path} exists, is not empty and is not a theralake lake "
+                                f"(no {META_FILE})")
+            if not create:
+                raise LakeError(f"no lake at {self.path}")
+            self._create(catalog_url)
+        self.catalog = self._check_meta(meta)
+        if catalog_url is not None and catalog_url != self.catalog:
+            raise LakeError(f"{self.path} is the lake of catalog "
+                            f"{ducklake.redacted(self.catalog)}, not of "
+                            f"{ducklake.redacted(catalog_url)}")
+        self.read_only = snapshot is not None or not _writable(self.path)
+        if self.read_only:  # an archive, a read-only mount or a past snapshot: queries only
+            log.info("%s opened for reading%s", self.path,
+                     "" if snapshot is None else f" at snapshot {snapshot}")
+            self.snapshot()  # a snapshot that does not exist is refused here
             return
         self._prepare_tables()
-        self.refresh_catalog()
 
     # -- opening -------------------------------------------------------------------------
-    def _check_meta(self, meta: Path) -> None:
+    def _create(self, catalog_url: str | None) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.path / ".create.lock"):
+            if (self.path / META_FILE).exists():  # another process made it meanwhile
+                return
+            if catalog_url is None:
+                ducklake.create_sqlite_catalog(self.path)
+            (self.path / ducklake.DATA).mkdir(exist_ok=True)
+            try:  # a read-write attachment makes the DuckLake catalog
+                con = ducklake.attach(self.path, catalog_url or ducklake.SQLITE)
+                con.execute("CALL lake.set_option('parquet_compression', 'zstd')")
+                con.close()
+            except (duckdb.Error, ducklake.ExtensionMissing) as exc:
+                raise LakeError(f"{self.path}: cannot make the lake's catalog ({exc})") from exc
+            _atomic_write_bytes(self.path / META_FILE, json.dumps(
+                {"format": FORMAT, "schema_version": SCHEMA_VERSION,
+                 "catalog": catalog_url or ducklake.SQLITE, "theralake_version": __version__,
+                 "created_utc": datetime.now(UTC).isoformat()}, indent=2).encode())
+        log.info("created lake at %s", self.path)
+
+    def _check_meta(self, meta: Path) -> str:
+        """The lake's catalog, once its metadata shows a DuckLake lake of this schema."""
         try:
             found = json.loads(meta.read_text())
             version = found["schema_version"]
         except (ValueError, KeyError) as exc:
             raise LakeError(f"{meta}: unreadable lake metadata ({exc})") from exc
-        if found.get("format", "parquet") != "parquet":
-            kind = {"ducklake": "DuckLake"}.get(found["format"], found["format"])
-            raise LakeError(f"{self.path} is a {kind} lake (made by theralake lake "
-                            "migrate): this theralake reads and writes lakes of Parquet parts; "
-                            "query the copy with DuckDB as the migration printed")
+        if found.get("format", "parquet") != FORMAT:
+            raise LakeError(f"{self.path} is a lake of Parquet parts (the layout before DuckLake); "
+                            f"copy it into today's format with: theralake lake migrate "
+                            f"{self.path} NEW")
         if version != SCHEMA_VERSION:
             raise LakeError(
                 f"{self.path}: lake schema version {version}, this theralake "
                 f"({__version__}) reads version {SCHEMA_VERSION}; migrate or use a matching "
                 "theralake")
+        return found.get("catalog", ducklake.SQLITE)
 
     def _prepare_tables(self) -> None:
-        """Give every table its schema part and remove the temporary files of a killed writer.
+        """Create the tables a new lake lacks, and the columns a newer schema added."""
+        have = {(t, c) for t, c in self._reading().execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'lake' "
+            "AND schema_name = 'main'").fetchall()}
+        want = {(t, f.name) for t, schema in SCHEMAS.items() for f in schema}
+        if want <= have and self._has_token():
+            return
 
-        Both happen under the write lock: every writer of ``tables/`` holds it, so no temporary
-        file removed here can belong to a live write.
-        """
-        with self.exclusive("write"):
-            for name, schema in SCHEMAS.items():
-                folder = self.table_dir(name)
-                part = folder / SCHEMA_PART.format(digest=_schema_digest(schema))
-                if not part.exists():  # a column added since: union_by_name sees it
-                    folder.mkdir(parents=True, exist_ok=True)
-                    _atomic_write_table(schema.empty_table(), part)
-            for tmp in (self.path / "tables").glob("*/.tmp-*"):
-                tmp.unlink(missing_ok=True)
+        def prepare(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute("BEGIN")
+            for table, schema in SCHEMAS.items():
+                _create_or_extend(con, table, schema)
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS lake.{TOKEN_SCHEMA}")
+            con.execute(f"CREATE TABLE IF NOT EXISTS lake.{TOKEN} (writes BIGINT)")
+            con.execute(f"INSERT INTO lake.{TOKEN} SELECT 0 WHERE NOT EXISTS "
+                        f"(SELECT 1 FROM lake.{TOKEN})")
+            con.execute("COMMIT")
+
+        self._write(prepare)
+        self._drop_reader()  # its catalog cache predates the new tables
+
+    def _has_token(self) -> bool:
+        return bool(self._reading().execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake' AND schema_name = ? "
+            "AND table_name = ?", TOKEN.split(".")).fetchone()[0])
 
     def meta(self) -> dict:
         """The lake's ``theralake.json``."""
         return json.loads((self.path / META_FILE).read_text())
 
     def set_meta(self, **values: object) -> None:
-        """Add or change keys of ``theralake.json`` (atomically, under the write lock)."""
-        with self.exclusive("write"):
+        """Add or change keys of ``theralake.json`` (atomically, under the lake's meta lock)."""
+        with self.exclusive("meta"):
             meta = {**self.meta(), **values}
             _atomic_write_bytes(self.path / META_FILE, json.dumps(meta, indent=2).encode())
 
-    def table_dir(self, table: str) -> Path:
+    def check_table(self, table: str) -> str:
         if table not in SCHEMAS:
             raise LakeError(f"unknown table {table!r}; tables are {', '.join(SCHEMAS)}")
-        return self.path / "tables" / table
+        return table
 
-    # -- catalog -------------------------------------------------------------------------
-    def _view_sql(self, tables: Iterable[str] = SCHEMAS, temporary: bool = False) -> list[str]:
-        out = []
-        for name in tables:
-            pattern = (self.table_dir(name) / "part-*.parquet").as_posix().replace("'", "''")
-            out.append(f"CREATE OR REPLACE {'TEMP ' if temporary else ''}VIEW {name} AS "
-                       f"SELECT * FROM read_parquet('{pattern}', union_by_name = true)")
-        return out
+    def open_lines(self) -> list[str]:
+        """The two lines that open this lake read-only in any DuckDB 1.4.4."""
+        return ducklake.open_lines(self.path, self.catalog)
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor on this object's in-memory DuckDB, which caches the parts' footers.
-
-        Parts are immutable once written (a part's name is the hash of its rows), so cached
-        footers never go stale; new parts are found by the glob of each query.
-        """
+    # -- reading -------------------------------------------------------------------------
+    def _reading(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on this object's read-only, sandboxed DuckDB with the lake as its default
+        database. Each query sees the newest snapshot (or the pinned one)."""
         with _DUCK_LOCK:
-            if self._duck is None:
-                self._duck = self._sandboxed(parquet_metadata_cache=True)
-            return self._duck.cursor()
+            if self._reader is None:
+                self._reader = self._sandboxed()
+            cursor = self._reader.cursor()
+        cursor.execute("USE lake")
+        return cursor
 
-    def _sandboxed(self, parquet_metadata_cache: bool = False) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB that can read the lake's tables and no other file, and
-        whose configuration is locked (a query cannot turn the sandbox off)."""
-        con = duckdb.connect()
-        tables = (self.path / "tables").as_posix().replace("'", "''") + "/"
-        if parquet_metadata_cache:
-            con.execute("SET GLOBAL parquet_metadata_cache = true")
-        con.execute(f"SET allowed_directories = ['{tables}']")
+    def _sandboxed(self) -> duckdb.DuckDBPyConnection:
+        """The lake attached read-only in an in-memory DuckDB that reads the lake's data files
+        and no other file, with its configuration locked (a query cannot turn the sandbox
+        off)."""
+        catalog_file = None
+        if not ducklake.is_postgres(self.catalog) and not _writable(self.path):
+            # SQLite reads a WAL-mode file only where it can write beside it: read a copy
+            self._catalog_copy = tempfile.TemporaryDirectory(prefix="theralake-catalog-")
+            catalog_file = ducklake.copy_sqlite_catalog(self.path, Path(self._catalog_copy.name))
+        try:
+            con = ducklake.attach(self.path, self.catalog, read_only=True,
+                                  snapshot=self.pinned_snapshot, catalog_file=catalog_file)
+        except duckdb.Error as exc:
+            if self.pinned_snapshot is not None and "snapshot" in str(exc).lower():
+                raise LakeError(f"{self.path} has no snapshot {self.pinned_snapshot} ({exc}); "
+                                "theralake lake snapshots lists them") from exc
+            raise LakeError(f"{self.path}: the lake's catalog cannot be opened ({exc})") from exc
+        except ducklake.ExtensionMissing as exc:
+            raise LakeError(str(exc)) from exc
+        data = (self.path / ducklake.DATA).as_posix().replace("'", "''") + "/"
+        con.execute(f"SET allowed_directories = ['{data}']")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         return con
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_duck": None, "write_guard": None}
+    def _drop_reader(self) -> None:
+        with _DUCK_LOCK:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
-    def refresh_catalog(self) -> None:
-        """(Re)write ``catalog.duckdb``'s views; other tools can open it directly."""
-        catalog = self.path / "catalog.duckdb"
-        with self.exclusive("write"):
-            try:
-                con = duckdb.connect(str(catalog))
-            except duckdb.Error as exc:  # held by another process: it has the same views
-                log.debug("catalog busy (%s); not refreshed", exc)
-                return
-            try:
-                for stmt in self._view_sql():
-                    con.execute(stmt)
-            finally:
-                con.close()
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_writer": None, "_reader": None, "_catalog_copy": None,
+                "write_guard": None}
 
     def connect(self, tables: Iterable[str] = SCHEMAS) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with a view per table (safe beside other processes).
+        """A read-only DuckDB connection with the tables by name (the lake is its default
+        database; ``tables`` is kept for callers that name the ones they use)."""
+        for table in tables:
+            self.check_table(table)
+        return self._reading()
 
-        Creating a view reads the footers of the table's parts, so a caller that needs only
-        some tables names them.
-        """
-        con = self._sandboxed()
-        for stmt in self._view_sql(tables):
-            con.execute(stmt)
-        return con
+    def snapshot(self) -> int:
+        """The snapshot the lake's reads see now (the pinned one, else the newest)."""
+        return int(self._reading().execute(
+            "SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+
+    def snapshots(self) -> pd.DataFrame:
+        """Every snapshot: its id, time and changes."""
+        return self._reading().execute(
+            "SELECT snapshot_id, snapshot_time, schema_version, changes "
+            "FROM ducklake_snapshots('lake') ORDER BY snapshot_id").df()
+
+    def at(self, snapshot: int) -> Lake:
+        """The lake as it was at ``snapshot``, for reading (a study reproducible to the row)."""
+        return Lake(self.path, create=False, snapshot=snapshot)
 
     def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
-        """Run a read-only query over the tables (by name, as views) and return a DataFrame.
+        """Run a read-only query over the tables (by name) and return a DataFrame.
 
-        Only queries run (SELECT, EXPLAIN), in a sandbox that reads the lake's tables and no
-        other file: no statement can change the lake or reach the file system.
+        Only queries run (SELECT, EXPLAIN), on a read-only attachment in a sandbox that reads
+        the lake's files and no other: no statement can change the lake or reach the file
+        system.
 
         Raises:
             LakeError: the query is not read-only.
         """
-        con = self._cursor()
+        con = self._reading()
         try:
             try:
                 kinds = {str(s.type).rsplit(".", 1)[-1] for s in con.extract_statements(query)}
@@ -215,9 +287,10 @@ class Lake:
             if writes:
                 raise LakeError(f"the lake answers read-only queries (SELECT) only; this query "
                                 f"has {', '.join(writes)}")
-            for stmt in self._view_sql([t for t in SCHEMAS if re.search(rf"\b{t}\b", query)],
-                                       temporary=True):
-                con.execute(stmt)
+            upkeep = MAINTENANCE_FUNCTIONS.search(query)
+            if upkeep:
+                raise LakeError(f"{upkeep.group(0)} changes the lake; queries only read it "
+                                "(theralake lake compact does the upkeep)")
             return con.execute(query, params or []).df()
         finally:
             con.close()
@@ -225,24 +298,18 @@ class Lake:
     def read(self, table: str, where: str | None = None, params: list | None = None,
              columns: Iterable[str] | None = None) -> pd.DataFrame:
         """Rows of a table as a DataFrame (optionally filtered with a SQL WHERE clause)."""
-        self.table_dir(table)
+        self.check_table(table)
         cols = ", ".join(columns) if columns else "*"
         query = f"SELECT {cols} FROM {table}" + (f" WHERE {where}" if where else "")
         return self.sql(query, params)
 
     def ids(self, table: str) -> set[str]:
-        files = self._parts(table)
-        if not files:
-            return set()
-        con = self._cursor()
+        self.check_table(table)
+        con = self._reading()
         try:
-            rows = con.execute("SELECT id FROM read_parquet(?)", [files]).fetchall()
+            return {r[0] for r in con.execute(f"SELECT id FROM {table}").fetchall()}
         finally:
             con.close()
-        return {r[0] for r in rows}
-
-    def _parts(self, table: str) -> list[str]:
-        return sorted(str(p) for p in self.table_dir(table).glob("part-*.parquet"))
 
     # -- writing -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -254,21 +321,50 @@ class Lake:
         """
         if self.read_only:
             raise LakeError(f"{self.path} is read-only: it can be queried, not written")
-        with open(self.path / f".{name}.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with _file_lock(self.path / f".{name}.lock"):
+            yield
+
+    def _write(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``work`` (which opens and ends its own transaction) on a read-write cursor,
+        again while another writer's commit conflicts with it (up to ``WRITE_WAIT_S``)."""
+        if self.read_only:
+            raise LakeError(f"{self.path} is read-only: it can be queried, not written")
+        deadline = time.monotonic() + WRITE_WAIT_S
+        delay = 0.02
+        while True:
+            with _DUCK_LOCK:
+                if self._writer is None:
+                    try:
+                        self._writer = ducklake.attach(self.path, self.catalog)
+                    except duckdb.Error as exc:
+                        if not _contended(exc) or time.monotonic() > deadline:
+                            raise LakeError(f"{self.path}: the lake's catalog cannot be opened "
+                                            f"for writing ({exc})") from exc
+                con = None if self._writer is None else self._writer.cursor()
+            if con is not None:
+                try:
+                    return work(con)
+                except duckdb.Error as exc:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    if not _contended(exc) or time.monotonic() > deadline:
+                        raise
+                finally:
+                    con.close()
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(2 * delay, 1.0)
 
     def append(self, table: str, rows: Iterable[Mapping] | pd.DataFrame,
                input_ids: Iterable[str] | None = None, params_hash: str | None = None) -> int:
-        """Append rows atomically; rows whose ``id`` is already in the table are skipped.
+        """Append rows in one transaction; rows whose ``id`` the table holds are skipped.
 
-        Lineage columns missing from a row are filled (``input_ids`` and ``params_hash``
-        from the arguments, the package version and the time). Returns the rows added.
+        The ids are checked inside the transaction, and every write updates one token row,
+        so two writers' commits conflict and the later one is retried against the rows the
+        first added: re-running a step adds nothing, whatever runs beside it. Lineage columns
+        missing from a row are filled (``input_ids`` and ``params_hash`` from the arguments,
+        the package version and the time). Returns the rows added.
         """
-        schema = SCHEMAS[table] if table in SCHEMAS else self.table_dir(table)
+        schema = SCHEMAS[self.check_table(table)]
         records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
         if not records:
             return 0
@@ -283,24 +379,98 @@ class Lake:
         unknown = set().union(*(r.keys() for r in records)) - set(schema.names)
         if unknown:
             raise LakeError(f"{table}: unknown columns {sorted(unknown)}")
-        with self.exclusive("write"):
-            present = self.ids(table)
-            fresh: dict[str, Mapping] = {}
-            for rec in records:
-                if rec["id"] not in present:
-                    fresh.setdefault(rec["id"], rec)
-            if not fresh:
+        fresh: dict[str, Mapping] = {}
+        for rec in records:
+            fresh.setdefault(rec["id"], rec)
+        try:
+            data = pa.Table.from_pylist(list(fresh.values()), schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise LakeError(f"{table}: rows do not fit the schema ({exc})") from exc
+
+        def insert(con: duckdb.DuckDBPyConnection) -> int:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(_COUNT_WRITE)
+            con.register("fresh_rows", data)
+            added = con.execute(
+                f"INSERT INTO lake.{table} BY NAME SELECT * FROM fresh_rows WHERE id NOT IN "
+                f"(SELECT id FROM lake.{table} WHERE id IN (SELECT id FROM fresh_rows))"
+            ).fetchone()[0]  # the inner IN lets the scan skip files by their id range
+            if not added:
+                con.execute("ROLLBACK")
                 return 0
-            try:
-                data = pa.Table.from_pylist(list(fresh.values()), schema=schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise LakeError(f"{table}: rows do not fit the schema ({exc})") from exc
-            name = "part-" + stable_hash(sorted(fresh))[:24] + ".parquet"
             if self.write_guard is not None:
                 self.write_guard()
-            _atomic_write_table(data, self.table_dir(table) / name)
-        log.debug("%s: %d rows appended", table, len(fresh))
-        return len(fresh)
+            con.execute("COMMIT")
+            return int(added)
+
+        added = self._write(insert)
+        log.debug("%s: %d rows appended", table, added)
+        return added
+
+    def append_parquet(self, files: Mapping[str, list[Path]],
+                       progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+        """Append the rows of Parquet files, per table, in one transaction (one snapshot: a
+        failure leaves the lake as it was); rows whose ``id`` the table holds are skipped.
+        Files of an older schema are read by column name. Returns the rows added per table;
+        ``progress`` is called with each table and its rows added."""
+        for table in files:
+            self.check_table(table)
+
+        def insert(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+            added: dict[str, int] = {}
+            con.execute("BEGIN TRANSACTION")
+            con.execute(_COUNT_WRITE)
+            for table, paths in files.items():
+                added[table] = int(con.execute(
+                    f"INSERT INTO lake.{table} BY NAME SELECT * FROM read_parquet(?, "
+                    f"union_by_name = true) WHERE id NOT IN (SELECT id FROM lake.{table})",
+                    [[Path(p).as_posix() for p in paths]]).fetchone()[0]) if paths else 0
+                if progress is not None:
+                    progress(table, added[table])
+            if self.write_guard is not None:
+                self.write_guard()
+            con.execute("COMMIT")
+            return added
+
+        return self._write(insert)
+
+    def compact(self, keep_snapshots_days: float | None = None) -> dict[str, int]:
+        """Merge the tables' small data files into larger ones and, with
+        ``keep_snapshots_days``, expire the snapshots older than that and delete the files
+        only they used. No row a query sees changes; a kept snapshot reads as before.
+
+        Returns the tables' data files (``data_files_*``, what a query opens) and the files
+        on disk (``disk_files_*``, with those kept for older snapshots) before and after.
+        """
+        before = {"data_files_before": self._live_files(),
+                  "disk_files_before": self._disk_files()}
+
+        def merge(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute("CALL ducklake_merge_adjacent_files('lake')")
+            if keep_snapshots_days is not None:
+                seconds = float(keep_snapshots_days) * 86400
+                con.execute("CALL ducklake_expire_snapshots('lake', older_than => "
+                            f"now() - INTERVAL '{seconds} seconds')")
+            con.execute("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)")
+            # files of writers killed before their commit (a day old: no live write's)
+            con.execute("CALL ducklake_delete_orphaned_files('lake', older_than => "
+                        "now() - INTERVAL 1 DAY)")
+
+        self._write(merge)
+        self._drop_reader()
+        return {**before, "data_files_after": self._live_files(),
+                "disk_files_after": self._disk_files()}
+
+    def _live_files(self) -> int:
+        con = self._reading()
+        try:
+            return sum(int(con.execute("SELECT count(*) FROM ducklake_list_files('lake', ?)",
+                                       [table]).fetchone()[0]) for table in SCHEMAS)
+        finally:
+            con.close()
+
+    def _disk_files(self) -> int:
+        return sum(1 for _ in (self.path / ducklake.DATA).rglob("*.parquet"))
 
     # -- images --------------------------------------------------------------------------
     def volume(self, table: str, row_id: str) -> Volume:
@@ -321,35 +491,68 @@ class Lake:
         return out
 
     def counts(self) -> dict[str, int]:
-        con = self.connect()
+        con = self._reading()
         try:
             return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in SCHEMAS}
         finally:
             con.close()
 
 
+def _postgres_location(url: str) -> tuple[str, str]:
+    """(catalog URL, folder) of ``postgresql://…?data_path=/folder``."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    folders = query.pop("data_path", [])
+    if len(folders) != 1:
+        raise LakeError(f"{ducklake.redacted(url)}: a PostgreSQL lake names its data folder, "
+                        "shared by every writer: postgresql://user@host:port/db"
+                        "?data_path=/shared/lake")
+    rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
+    return parts._replace(query=rest).geturl(), folders[0]
+
+
+def _contended(exc: duckdb.Error) -> bool:
+    """Whether a write failed because another writer's commit came first (try again)."""
+    text = str(exc)
+    return any(s in text for s in ("Transaction conflict", "database is locked",
+                                   "Failed to commit DuckLake transaction",
+                                   "could not serialize access"))
+
+
+def _create_or_extend(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> None:
+    """Create the DuckLake table from the Arrow schema, or add the columns a newer schema has."""
+    con.register("empty_rows", schema.empty_table())
+    try:
+        con.execute(f"CREATE TABLE IF NOT EXISTS lake.{table} AS SELECT * FROM empty_rows")
+        have = {r[0] for r in con.execute(f"DESCRIBE lake.{table}").fetchall()}
+        for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM empty_rows").fetchall():
+            if name not in have:
+                con.execute(f'ALTER TABLE lake.{table} ADD COLUMN "{name}" {kind}')
+    finally:
+        con.unregister("empty_rows")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _writable(folder: Path) -> bool:
-    """Whether the lake folder takes writes (its write lock can be opened)."""
+    """Whether the lake folder takes writes."""
+    return os.access(folder, os.W_OK) and _can_create(folder)
+
+
+def _can_create(folder: Path) -> bool:
     try:
         with open(folder / ".write.lock", "a+"):
             return True
     except OSError:
         return False
-
-
-def _schema_digest(schema: pa.Schema) -> str:
-    return hashlib.sha256(schema.to_string(show_schema_metadata=False).encode()).hexdigest()[:12]
-
-
-def _atomic_write_table(table: pa.Table, dest: Path) -> None:
-    tmp = dest.parent / f".tmp-{uuid.uuid4().hex}.parquet"
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _atomic_write_bytes(dest: Path, data: bytes) -> None:

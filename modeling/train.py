@@ -79,7 +79,8 @@ def train(lake: Lake, task: str, model: str, features: str | None = None,
         raise ValueError("the voxel dose network is trained by theralake.modeling.train_voxel."
                          "train_voxel (theralake train --task dose --model voxel)")
     config = config or load_modeling_config()
-    ds = build_dataset(lake, task, features, config)
+    snapshot = lake.snapshot()  # the data is read as of one snapshot, named in the run
+    ds = build_dataset(lake.at(snapshot), task, features, config)
     cv = cross_validate(ds, model, config, seed, progress)
     final = fit_final(ds, model, config, seed)
     name = registered_name(task) if register else None
@@ -87,7 +88,7 @@ def train(lake: Lake, task: str, model: str, features: str | None = None,
         folder = Path(tmp)
         extra = _figures(ds, cv, folder)
         with tracking.start_run(lake, registered_name(task), run_name=f"{task}-{model}",
-                                tags=_tags(ds, model)) as run:
+                                tags={**_tags(ds, model), "lake_snapshot": str(snapshot)}) as run:
             _log_run(ds, cv, config, model, seed, extra, folder)
             info = mlflow.sklearn.log_model(
                 final, name="model", signature=mlflow.models.infer_signature(

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -25,7 +25,7 @@ from theralake.ingest.cli import LakeOption
 from theralake.ingest.cli import register as register_ingest
 from theralake.ingest.errors import printable
 from theralake.lake import SCHEMAS, Lake, LakeError
-from theralake.lake.ducklake import migrate, open_lines
+from theralake.lake.migrate import migrate
 from theralake.modeling.cli import register as register_modeling
 from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
@@ -55,6 +55,9 @@ def sql_command(
     lake: LakeOption = None,
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     as_json: Annotated[bool, typer.Option("--json", help="the same as --format json")] = False,
+    at: Annotated[int | None, typer.Option(
+        "--at", help="read the lake as it was at this snapshot (theralake lake snapshots; "
+                     "run_log.lake_snapshot and a model card name the ones used)")] = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -65,7 +68,7 @@ def sql_command(
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter("--format must be table, csv or json")
     try:
-        df = Lake(lake, create=False).sql(query)
+        df = Lake(lake, create=False, snapshot=at).sql(query)
     except (duckdb.Error, LakeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -100,40 +103,103 @@ def _cell(v: object) -> str:
     return "" if v is None else str(v)
 
 
-lake_app = typer.Typer(help="The lake itself: copy it into DuckLake.", no_args_is_help=True)
+lake_app = typer.Typer(help="The lake itself: copy, compact, snapshots, open elsewhere.",
+                       no_args_is_help=True)
 app.add_typer(lake_app, name="lake")
+
+
+def _fail(exc: Exception) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2) from exc
 
 
 @lake_app.command("migrate")
 def lake_migrate_command(
-    old: Annotated[Path, typer.Argument(help="a lake of Parquet parts (today's layout)")],
-    new: Annotated[Path, typer.Argument(help="the DuckLake lake's folder (created if missing)")],
+    old: Annotated[Path, typer.Argument(help="a lake of Parquet parts (the layout before "
+                                        "DuckLake)")],
+    new: Annotated[str, typer.Argument(help="the DuckLake lake (a folder, created if missing, "
+                                       "or postgresql://…?data_path=…)")],
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Copy every table of OLD into the DuckLake lake NEW (a catalog file and its data files),
-    row for row, in one transaction; run again later, it copies only the new rows. Prints the
-    two DuckDB statements that open NEW wherever it is moved."""
+    """Copy every table of OLD into the lake NEW, row for row, in one transaction (and its
+    registry, reports and pseudonym-key fingerprint); run again later, it copies only the new
+    rows. Prints the two DuckDB lines that open NEW wherever it is moved."""
     from rich.progress import Progress
 
     try:
-        source = Lake(old, create=False)
         with Progress(transient=True, disable=quiet or as_json) as bar:
             task = bar.add_task("copying the tables", total=len(SCHEMAS))
-            copied = migrate(source, new, progress=lambda table, n: bar.update(
+            lake, copied = migrate(old, new, progress=lambda table, n: bar.update(
                 task, advance=1, description=f"copied {table} ({n} rows)"))
     except LakeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    lines = open_lines(new)
+        _fail(exc)
+    lines = lake.open_lines()
     if as_json:
-        print_json({"rows_copied": copied, "open_with": lines})
+        print_json({"rows_copied": copied, "snapshot": lake.snapshot(), "open_with": lines})
         return
     if not quiet:
-        typer.echo(f"copied {sum(copied.values())} rows into {Path(new).resolve()}: " + ", ".join(
+        typer.echo(f"copied {sum(copied.values())} rows into {lake.path}: " + ", ".join(
             f"{table} {n}" for table, n in copied.items() if n))
         typer.echo("open it in DuckDB with:\n  " + "\n  ".join(lines))
+
+
+@lake_app.command("open-lines")
+def lake_open_lines_command(lake: LakeOption = None, as_json: JsonOption = False,
+                            quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
+    """Print the two lines that open the lake read-only in any DuckDB 1.4.4."""
+    try:
+        lines = Lake(lake, create=False).open_lines()
+    except LakeError as exc:
+        _fail(exc)
+    if as_json:
+        print_json({"open_with": lines})
+    else:
+        typer.echo("\n".join(lines))
+
+
+@lake_app.command("snapshots")
+def lake_snapshots_command(lake: LakeOption = None, as_json: JsonOption = False,
+                           quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
+    """List the lake's snapshots (``theralake sql --at N`` reads the lake as it was at N)."""
+    try:
+        df = Lake(lake, create=False).snapshots()
+    except LakeError as exc:
+        _fail(exc)
+    df["changes"] = df["changes"].map(lambda c: "; ".join(
+        f"{k} {', '.join(map(str, v))}" for k, v in (c or {}).items()))
+    if as_json:
+        print_json(json.loads(df.to_json(orient="records", date_format="iso")))
+    else:
+        for rec in df.itertuples(index=False):
+            typer.echo(f"{rec.snapshot_id:>6}  {rec.snapshot_time:%Y-%m-%d %H:%M:%S}  "
+                       f"{rec.changes}")
+
+
+@lake_app.command("compact")
+def lake_compact_command(
+    lake: LakeOption = None,
+    keep_days: Annotated[float | None, typer.Option(
+        help="expire snapshots older than this many days and delete the files only they "
+             "use (default: keep every snapshot)")] = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Merge the lake's small data files into larger ones (what a query reads is unchanged);
+    with --keep-days, retire old snapshots and their files."""
+    try:
+        the_lake = Lake(lake, create=False)
+        with the_lake.exclusive("run"):  # not while a run writes
+            result = the_lake.compact(keep_snapshots_days=keep_days)
+    except LakeError as exc:
+        _fail(exc)
+    if as_json:
+        print_json(result)
+    elif not quiet:
+        typer.echo(f"data files: {result['data_files_before']} -> "
+                   f"{result['data_files_after']}")
 
 
 @app.command("export")

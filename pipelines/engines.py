@@ -39,6 +39,7 @@ class Outcome:
     end_utc: datetime
     worker: str
     attempt: int = 1
+    lake_snapshot: int | None = None  # the lake snapshot the task read at its start
 
     @property
     def seconds(self) -> float:
@@ -106,8 +107,10 @@ def execute(lake_path: str, task: Task, threads: int, run_token: str | None = No
     start = datetime.now(UTC)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     set_threads(threads)
+    snapshot = None
     try:
         lake = Lake(lake_path, create=False)
+        snapshot = lake.snapshot()
         if run_token is not None:
             lake.write_guard = live_run_guard(lake.path, run_token)
         run_task(lake, task, on_stage)
@@ -118,7 +121,7 @@ def execute(lake_path: str, task: Task, threads: int, run_token: str | None = No
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, (ValueError, RuntimeError, OSError, KeyError)):
             error += "\n" + traceback.format_exc(limit=5)
-    return Outcome(status, error, start, datetime.now(UTC), worker)
+    return Outcome(status, error, start, datetime.now(UTC), worker, lake_snapshot=snapshot)
 
 
 OnOutcome = Callable[[Task, Outcome], None]

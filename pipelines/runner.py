@@ -82,7 +82,7 @@ def _log_row(run_id: str, engine: str, task: Task, outcome: Outcome) -> dict:
             "error": None if outcome.error is None else printable(outcome.error),
             "attempt": outcome.attempt, "start_utc": outcome.start_utc,
             "end_utc": outcome.end_utc, "seconds": outcome.seconds, "engine": engine,
-            "worker": outcome.worker}
+            "worker": outcome.worker, "lake_snapshot": outcome.lake_snapshot}
 
 
 def run_pipeline(lake: Lake, steps: list[str] | None = None, source: Path | None = None,

@@ -181,7 +181,10 @@ def model_card(lake: object, name: str, version: str, gate: dict | None = None) 
                      "planning."}.get(kind, ""),
         "- Decision support for trained staff only; not a substitute for measured dosimetry.",
         "", "## Data (TRIPOD+AI 5-8, 20)",
-        f"- Source: the theralake lake, dataset hash `{p.get('dataset_hash')}`.",
+        f"- Source: the theralake lake, dataset hash `{p.get('dataset_hash')}`"
+        + (f", lake snapshot {run.data.tags['lake_snapshot']} (`theralake sql --at "
+           f"{run.data.tags['lake_snapshot']}` reads the rows it was trained on)."
+           if "lake_snapshot" in run.data.tags else "."),
         *data,
         "", "## Model (TRIPOD+AI 12)",
         *about,

@@ -217,7 +217,11 @@ def use_lake(lake: object) -> Iterator[str]:
 def start_run(lake: object, experiment: str, run_name: str | None = None,
               tags: dict[str, str] | None = None) -> Iterator[Run]:
     """A fluent MLflow run in the lake's store: ``mlflow.log_*`` and ``mlflow.<flavor>.log_model``
-    calls inside the block go to it (experiment created if missing)."""
+    calls inside the block go to it (experiment created if missing). The run is tagged with
+    the lake snapshot it read (``lake_snapshot``; the newest now unless the tags name one)."""
+    snapshot = getattr(lake, "snapshot", None)
+    if callable(snapshot) and "lake_snapshot" not in (tags or {}):
+        tags = {**(tags or {}), "lake_snapshot": str(snapshot())}
     with use_lake(lake):
         exp = experiment_id(lake, experiment)
         with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:

@@ -70,3 +70,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A local PostgreSQL server for the session (started on first use): its URL."""
+    from postgres_server import postgres_server as server
+
+    with server() as (url, why):
+        if url is None:
+            pytest.skip(f"no PostgreSQL server: {why}")
+        yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str, request: pytest.FixtureRequest) -> str:
+    """A new database on the session's PostgreSQL server for one test: its URL."""
+    import re
+    import uuid
+
+    from postgres_server import create_database
+
+    name = re.sub(r"\W", "_", request.node.name)[:40] + "_" + uuid.uuid4().hex[:8]
+    return create_database(postgres_server, name.lower())

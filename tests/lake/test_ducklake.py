@@ -1,4 +1,5 @@
-"""Issue 21: a lake of today's layout copied into DuckLake, read back by plain DuckDB."""
+"""Issue 21: a lake of Parquet parts (the layout before DuckLake) copied into the DuckLake lake
+by ``theralake lake migrate``, and read back by plain DuckDB."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from theralake.lake import SCHEMAS, Lake, LakeError, ducklake
-from theralake.lake.ducklake import CATALOG, extension_path, migrate
+from theralake.lake import SCHEMAS, Lake, LakeError
+from theralake.lake.migrate import migrate
 from theralake.pipelines.cli import app
+
+KEY_FINGERPRINT = "d6feeb0a6a102edf"
 
 
 def _value(field: pa.Field, i: int) -> object:
@@ -41,22 +45,46 @@ def _value(field: pa.Field, i: int) -> object:
     raise AssertionError(f"no test value for {field.name}: {t}")
 
 
-@pytest.fixture
-def old_lake(tmp_path: Path) -> Lake:
-    """Every table with two rows of every column type (one with the nullable columns empty)."""
-    lake = Lake(tmp_path / "old")
+def _write_old_lake(folder: Path, rows: dict[str, list[dict]]) -> None:
+    """A lake as theralake wrote it before DuckLake: theralake.json and Parquet parts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "theralake.json").write_text(json.dumps(
+        {"schema_version": 1, "theralake_version": "0.1.0",
+         "pseudonym_key_fingerprint": KEY_FINGERPRINT}))
     for table, schema in SCHEMAS.items():
-        lake.append(table, [{f.name: _value(f, i) for f in schema
-                             if _value(f, i) is not None} for i in (0, 1)])
-    return lake
+        (folder / "tables" / table).mkdir(parents=True, exist_ok=True)
+        pq.write_table(schema.empty_table(),
+                       folder / "tables" / table / "part-00000000-schema-x.parquet")
+        for i, row in enumerate(rows.get(table, [])):
+            pq.write_table(pa.Table.from_pylist([row], schema=schema),
+                           folder / "tables" / table / f"part-{row['id']}-{i}.parquet")
 
 
-def _plain_duckdb(folder: Path) -> duckdb.DuckDBPyConnection:
-    """The two lines of the module docstring, in a DuckDB that knows nothing of theralake."""
+def _old_rows(i: int, schema: pa.Schema) -> dict:
+    return {f.name: _value(f, i) for f in schema}
+
+
+@pytest.fixture
+def old_lake(tmp_path: Path) -> Path:
+    """Every table with two rows of every column type (one with the nullable columns empty)."""
+    folder = tmp_path / "old"
+    _write_old_lake(folder, {t: [_old_rows(i, s) for i in (0, 1)] for t, s in SCHEMAS.items()})
+    (folder / "mlflow").mkdir()
+    (folder / "mlflow" / "mlflow.db").write_bytes(b"registry")
+    return folder
+
+
+def _old_table(folder: Path, table: str) -> pd.DataFrame:
+    return duckdb.sql(f"SELECT * FROM read_parquet('{folder}/tables/{table}/part-*.parquet', "
+                      "union_by_name = true)").df()
+
+
+def _plain_duckdb(lines: list[str]) -> duckdb.DuckDBPyConnection:
+    """The two lines ``theralake lake migrate`` printed, in a DuckDB that knows nothing of
+    theralake."""
     con = duckdb.connect()
-    con.execute(f"LOAD '{extension_path().as_posix()}'")
-    con.execute(f"ATTACH 'ducklake:{folder.as_posix()}/catalog.ducklake' AS lake "
-                f"(DATA_PATH '{folder.as_posix()}/data/', OVERRIDE_DATA_PATH true, READ_ONLY)")
+    for line in lines:
+        con.execute(line)
     return con
 
 
@@ -71,64 +99,47 @@ def _rows(df: pd.DataFrame) -> list[dict]:
 
 def test_migrate_copies_every_table_row_for_row(old_lake, tmp_path):
     dest = tmp_path / "new"
-    copied = migrate(old_lake, dest)
+    lake, copied = migrate(old_lake, dest)
     assert copied == {t: 2 for t in SCHEMAS}
     moved = tmp_path / "elsewhere" / "lake"  # a copied lake opens where it now is
     shutil.copytree(dest, moved)
     shutil.rmtree(dest)
-    con = _plain_duckdb(moved)
+    con = _plain_duckdb(Lake(moved).open_lines())
     try:
         for table, schema in SCHEMAS.items():
-            ours = old_lake.sql(f"SELECT * FROM {table}")
+            ours = _old_table(old_lake, table)
             theirs = con.execute(f"SELECT * FROM lake.{table}").df()
             assert list(theirs.columns) == schema.names, table
             assert _rows(theirs[ours.columns]) == _rows(ours), table
-        # one snapshot for the whole copy (after the catalog's own first one)
-        assert con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0] == 2
     finally:
         con.close()
+    # one snapshot holds the whole copy: the one before it has none of the rows
+    copy = Lake(moved)
+    assert set(copy.at(copy.snapshot() - 1).counts().values()) == {0}
     meta = json.loads((moved / "theralake.json").read_text())
-    assert meta["format"] == "ducklake" and meta["migrated_from"] == old_lake.path.as_posix()
+    assert meta["format"] == "ducklake" and meta["migrated_from"] == old_lake.as_posix()
+    assert meta["pseudonym_key_fingerprint"] == KEY_FINGERPRINT  # the same key opens it
+    assert (moved / "mlflow" / "mlflow.db").read_bytes() == b"registry"
 
 
 def test_migrate_again_copies_only_new_rows(old_lake, tmp_path):
     dest = tmp_path / "new"
     migrate(old_lake, dest)
-    assert set(migrate(old_lake, dest).values()) == {0}
-    row = {f.name: _value(f, 0) for f in SCHEMAS["clinical"]} | {"id": "one-more"}
-    old_lake.append("clinical", [row])
-    assert migrate(old_lake, dest)["clinical"] == 1
-    con = _plain_duckdb(dest)
-    try:
-        assert con.execute("SELECT count(*) FROM lake.clinical").fetchone()[0] == 3
-        # the earlier state stays readable: the snapshot before the last copy has two rows
-        versions = [v for (v,) in con.execute(
-            "SELECT snapshot_id FROM lake.snapshots() ORDER BY snapshot_id").fetchall()]
-        assert con.execute(f"SELECT count(*) FROM lake.clinical AT (VERSION => {versions[-2]})"
-                           ).fetchone()[0] == 2
-    finally:
-        con.close()
+    assert set(migrate(old_lake, dest)[1].values()) == {0}
+    _write_old_lake(old_lake, {"clinical": [_old_rows(0, SCHEMAS["clinical"])
+                                            | {"id": "one-more"}]})
+    lake, copied = migrate(old_lake, dest)
+    assert copied["clinical"] == 1
+    assert lake.counts()["clinical"] == 3
+    # the earlier state stays readable: the snapshot before the last copy has two rows
+    before = int(lake.snapshots().snapshot_id.iloc[-2])
+    assert lake.at(before).counts()["clinical"] == 2
 
 
-def test_a_copy_made_before_a_new_column_takes_it(old_lake, tmp_path, monkeypatch):
+def test_a_failed_copy_leaves_the_destination_as_it_was(old_lake, tmp_path):
     dest = tmp_path / "new"
     migrate(old_lake, dest)
-    newer = {**SCHEMAS, "clinical": SCHEMAS["clinical"].append(pa.field("note", pa.string()))}
-    monkeypatch.setattr(ducklake, "SCHEMAS", newer)
-    assert set(migrate(old_lake, dest).values()) == {0}
-    con = _plain_duckdb(dest)
-    try:
-        assert con.execute("SELECT count(*) FROM lake.clinical WHERE note IS NULL").fetchone() \
-            == (2,)
-    finally:
-        con.close()
-
-
-def test_a_failed_copy_leaves_the_destination_as_it_was(old_lake, tmp_path, monkeypatch):
-    dest = tmp_path / "new"
-    migrate(old_lake, dest)
-    old_lake.append("clinical", [{f.name: _value(f, 0) for f in SCHEMAS["clinical"]}
-                                 | {"id": "late"}])
+    _write_old_lake(old_lake, {"clinical": [_old_rows(0, SCHEMAS["clinical"]) | {"id": "late"}]})
     calls = []
 
     def fail_late(table: str, n: int) -> None:
@@ -139,34 +150,37 @@ def test_a_failed_copy_leaves_the_destination_as_it_was(old_lake, tmp_path, monk
     with pytest.raises(OSError, match="disk full"):
         migrate(old_lake, dest, progress=fail_late)
     assert "clinical" in calls
-    con = _plain_duckdb(dest)
-    try:
-        assert con.execute("SELECT count(*) FROM lake.clinical").fetchone()[0] == 2
-    finally:
-        con.close()
+    assert Lake(dest).counts()["clinical"] == 2
 
 
-def test_bad_destinations_are_refused(old_lake, tmp_path):
+def test_bad_sources_and_destinations_are_refused(old_lake, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    with pytest.raises(LakeError, match="not empty and is not a DuckLake lake"):
+    with pytest.raises(LakeError, match="not empty and is not a theralake lake"):
         migrate(old_lake, busy)
-    with pytest.raises(LakeError, match="another folder than the lake"):
-        migrate(old_lake, old_lake.path)
+    with pytest.raises(LakeError, match="is a lake of Parquet parts.*lake migrate"):
+        Lake(old_lake)  # an old lake is named as such, with the command that copies it
     dest = tmp_path / "new"
     migrate(old_lake, dest)
-    assert (dest / CATALOG).exists()
-    with pytest.raises(LakeError, match="is a DuckLake lake"):
-        Lake(dest)  # today's Lake does not write its own layout into a DuckLake folder
+    with pytest.raises(LakeError, match="already a DuckLake lake"):
+        migrate(dest, tmp_path / "other")
+    other_key = tmp_path / "other-key"
+    _write_old_lake(other_key, {})
+    meta = json.loads((other_key / "theralake.json").read_text())
+    (other_key / "theralake.json").write_text(json.dumps(
+        {**meta, "pseudonym_key_fingerprint": "0000"}))
+    with pytest.raises(LakeError, match="different pseudonym keys"):
+        migrate(other_key, dest)
 
 
 def test_the_command(old_lake, tmp_path):
     dest = tmp_path / "new"
-    res = CliRunner().invoke(app, ["lake", "migrate", str(old_lake.path), str(dest), "--json"])
+    res = CliRunner().invoke(app, ["lake", "migrate", str(old_lake), str(dest), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["rows_copied"] == {t: 2 for t in SCHEMAS}
-    assert out["open_with"][1].startswith(f"ATTACH 'ducklake:{dest.resolve().as_posix()}/")
+    assert out["open_with"][1].startswith(
+        f"ATTACH 'ducklake:sqlite:{dest.resolve().as_posix()}/catalog.sqlite'")
     bad = CliRunner().invoke(app, ["lake", "migrate", str(tmp_path / "none"), str(dest)])
-    assert bad.exit_code == 2 and "no lake at" in bad.output
+    assert bad.exit_code == 2 and "not a theralake lake" in bad.output

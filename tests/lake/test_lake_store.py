@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import struct
-from pathlib import Path
+import shutil
 
 import nibabel as nib
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dicom_factory import direction_from_angle
 
-from theralake.lake import SCHEMA_VERSION, SCHEMAS, Lake, LakeError, Volume, stable_hash
+from theralake.lake import SCHEMA_VERSION, SCHEMAS, Lake, LakeError, Volume, ducklake, stable_hash
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -63,7 +61,8 @@ def test_new_lake_layout_and_empty_tables(tmp_path):
     lake = Lake(tmp_path / "L")
     meta = json.loads((tmp_path / "L" / "theralake.json").read_text())
     assert meta["schema_version"] == SCHEMA_VERSION
-    assert (tmp_path / "L" / "catalog.duckdb").exists()
+    assert meta["format"] == "ducklake" and meta["catalog"] == "sqlite"
+    assert (tmp_path / "L" / "catalog.sqlite").exists() and (tmp_path / "L" / "data").is_dir()
     assert lake.counts() == {t: 0 for t in SCHEMAS}
     for table, schema in SCHEMAS.items():
         df = lake.read(table)
@@ -74,11 +73,12 @@ def test_append_is_idempotent_and_atomic(lake):
     vol = _volume()
     row = _image_row(vol)
     assert lake.append("images", [row]) == 1
-    files = sorted((lake.path / "tables" / "images").iterdir())
+    snapshot = lake.snapshot()
+    files = sorted((lake.path / "data").rglob("*.parquet"))
     assert lake.append("images", [dict(row)]) == 0  # same id: nothing added
     assert lake.append("images", [dict(row), dict(row)]) == 0
-    assert sorted((lake.path / "tables" / "images").iterdir()) == files
-    assert not list((lake.path / "tables").glob("*/.tmp-*"))
+    assert sorted((lake.path / "data").rglob("*.parquet")) == files
+    assert lake.snapshot() == snapshot  # and no empty commit
     df = lake.read("images")
     assert len(df) == 1 and df["id"].iloc[0] == row["id"]
     assert df["theralake_version"].iloc[0] and df["created_utc"].notna().all()
@@ -127,70 +127,39 @@ def test_refuses_foreign_or_missing_folder(tmp_path):
         Lake(tmp_path / "absent", create=False)
 
 
-def test_leftover_temporaries_are_removed_on_open(tmp_path):
-    lake = Lake(tmp_path / "L")
-    junk = lake.path / "tables" / "images" / ".tmp-deadbeef.parquet"
-    junk.write_bytes(b"PAR1 half written")
-    Lake(tmp_path / "L")
-    assert not junk.exists()
-
-
-def test_opening_waits_for_a_live_writer(tmp_path):
-    """Opening a lake (schema parts, clean-up) must not touch the files of a write under way."""
-    import threading
-
-    lake = Lake(tmp_path / "L")
-    schema_part = next(lake.table_dir("run_log").glob("part-00000000-schema-*.parquet"))
-    schema_part.unlink()
-    with lake.exclusive("write"):
-        live = lake.path / "tables" / "images" / ".tmp-live-write.parquet"
-        live.write_bytes(b"PAR1 being written")
-        opener = threading.Thread(target=Lake, args=(tmp_path / "L",), kwargs={"create": False})
-        opener.start()
-        opener.join(timeout=1.0)
-        assert opener.is_alive() and live.exists() and not schema_part.exists()
-        live.unlink()
-    opener.join(timeout=30)
-    assert not opener.is_alive() and schema_part.exists()
-
-
 def test_a_lake_of_an_older_schema_gets_the_new_columns(tmp_path):
     """A column added to a table since the lake was made reads as missing values, not as an
-    error: opening adds an empty part of the current schema."""
+    error: opening adds it to the DuckLake table."""
     lake = Lake(tmp_path / "L")
-    lake.append("clinical", [{"id": "c1", "patient_id": "P1", "variable": "psa",
-                              "value_num": 1.0}])
-    for part in lake.table_dir("organ_dosimetry").glob("part-*.parquet"):
-        part.unlink()
-    old = pa.schema([f for f in SCHEMAS["organ_dosimetry"] if f.name != "quality"])
-    pq.write_table(pa.Table.from_pylist([{"id": "o1", "patient_id": "P1", "cycle": 1,
-                                          "voi": "liver", "method": "vsv"}], schema=old),
-                   lake.table_dir("organ_dosimetry") / "part-old.parquet")
+    lake.append("organ_dosimetry", [{"id": "o1", "patient_id": "P1", "cycle": 1,
+                                     "voi": "liver", "method": "vsv"}])
+    con = ducklake.attach(lake.path)
+    con.execute("ALTER TABLE lake.organ_dosimetry DROP COLUMN quality")  # as an older lake
+    assert "quality" not in {r[0] for r in con.execute(
+        "DESCRIBE lake.organ_dosimetry").fetchall()}
+    con.close()
     reopened = Lake(tmp_path / "L", create=False)
     got = reopened.sql("SELECT id, quality FROM organ_dosimetry")
     assert got.id.tolist() == ["o1"] and got["quality"].isna().all()
 
 
-def test_catalog_views_are_usable_from_duckdb(lake):
+def test_a_moved_lake_opens_in_plain_duckdb_with_two_lines(lake, tmp_path):
     import duckdb
 
     lake.append("clinical", [{"id": stable_hash("c", 1), "patient_id": "P1",
                               "variable": "psa", "value_num": 12.5}])
-    lake.refresh_catalog()
-    con = duckdb.connect(str(lake.path / "catalog.duckdb"), read_only=True)
+    moved = tmp_path / "moved" / "lake"
+    shutil.copytree(lake.path, moved)
+    shutil.rmtree(lake.path)  # nothing of the old folder remains to be read
+    lines = ducklake.open_lines(moved)
+    assert len(lines) == 2
+    con = duckdb.connect()
     try:
-        assert con.execute("select value_num from clinical").fetchall() == [(12.5,)]
+        for line in lines:
+            con.execute(line)
+        assert con.execute("select value_num from lake.clinical").fetchall() == [(12.5,)]
     finally:
         con.close()
-
-
-def test_the_catalog_opens_in_older_duckdb(lake):
-    """Issue 21: DuckDB 2.0 wrote the catalog in its storage version 999, which DuckDB 1.5 and
-    1.1 refuse; the pinned 1.4 LTS writes version 64, which DuckDB 0.10 to 2.0 open (checked
-    with DuckDB 1.1.3 by hand). The version is the 8 bytes after the header's ``DUCK``."""
-    header = (lake.path / "catalog.duckdb").read_bytes()[:20]
-    assert header[8:12] == b"DUCK"
-    assert struct.unpack_from("<Q", header, 12)[0] == 64
 
 
 def test_export_nifti_keeps_voxels_and_world_coordinates(lake, tmp_path):
@@ -206,10 +175,10 @@ def test_export_nifti_keeps_voxels_and_world_coordinates(lake, tmp_path):
     np.testing.assert_allclose(ras @ LPS_TO_RAS, vol.index_to_world(ijk), atol=1e-4)
 
 
-def test_parquet_files_are_zstd_and_readable(lake):
+def test_data_files_are_zstd_parquet(lake):
     lake.append("images", [_image_row(_volume())])
-    for f in (lake.path / "tables" / "images").glob("part-*.parquet"):
+    files = list((lake.path / "data").rglob("*.parquet"))
+    assert files
+    for f in files:
         meta = pq.ParquetFile(f).metadata
-        if meta.num_rows:
-            assert meta.row_group(0).column(0).compression == "ZSTD"
-    assert Path(lake.path / "tables" / "images").is_dir()
+        assert meta.num_rows and meta.row_group(0).column(0).compression == "ZSTD"

@@ -3,10 +3,12 @@ every read-only command (issue 17, findings 7-8)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -41,24 +43,36 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, Path, dict[s
 def _fingerprint(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".lock")
-            and p.name != "catalog.duckdb"}  # the catalog is rewritten on each opening
+            and not p.name.startswith("catalog.sqlite")} | {"snapshot": _snapshot(folder)}
+
+
+def _snapshot(folder: Path) -> str:
+    """The catalog's newest snapshot: SQLite moves its log into the file when it likes, but
+    any change of the lake is a new snapshot."""
+    with contextlib.closing(sqlite3.connect(f"file:{folder}/catalog.sqlite?mode=ro",
+                                            uri=True)) as con:
+        return str(con.execute("SELECT max(snapshot_id) FROM ducklake_snapshot").fetchone())
 
 
 def _attacks(lake: Lake, key_file: Path) -> list[str]:
-    tables = lake.path / "tables"
+    data = lake.path / "data" / "main"
     return [
-        f"COPY (SELECT 1 AS x, 2 AS y) TO '{tables}/vois' (FORMAT parquet, PARTITION_BY (x), "
+        f"COPY (SELECT 1 AS x, 2 AS y) TO '{data}/vois' (FORMAT parquet, PARTITION_BY (x), "
         "OVERWRITE)",
         f"COPY (SELECT 1 AS x) TO '{lake.path}/theralake.json'",
-        f"COPY (SELECT * FROM patients) TO '{tables}/patients/part-copy.parquet' (FORMAT parquet)",
+        f"COPY (SELECT * FROM patients) TO '{data}/patients/part-copy.parquet' (FORMAT parquet)",
         "COPY (SELECT 1) TO '/tmp/theralake-sandbox-escape.csv'",
         f"SELECT * FROM read_text('{key_file}')",
         "SELECT * FROM read_csv('/etc/passwd')",
-        f"SELECT * FROM read_text('{tables}/../theralake.json')",
+        f"SELECT * FROM read_text('{data}/../../theralake.json')",
         "SET enable_external_access = true",
-        f"ATTACH '{lake.path}/catalog.duckdb' AS cat",
+        f"ATTACH '{lake.path}/catalog.sqlite' AS cat (TYPE sqlite)",
         "CREATE TABLE evil AS SELECT 1",
-        "SELECT 1; DROP VIEW vois",
+        "SELECT 1; DROP TABLE vois",
+        "INSERT INTO vois SELECT * FROM vois",
+        "SELECT * FROM ducklake_expire_snapshots('lake', older_than => now())",
+        "SELECT * FROM ducklake_cleanup_old_files('lake', cleanup_all => true)",
+        "SELECT * FROM ducklake_merge_adjacent_files('lake')",
         "INSTALL httpfs",
     ]
 
@@ -75,7 +89,7 @@ def test_no_query_changes_the_lake_or_reads_another_file(filled):
     # queries still answer: joins, CTEs, EXPLAIN, the reading functions on the lake's tables
     assert lake.sql("WITH v AS (SELECT patient_id FROM organ_dosimetry) SELECT count(*) AS n "
                     "FROM v JOIN patients USING (patient_id)").n.iloc[0] == rows
-    parts = (lake.path / "tables" / "organ_dosimetry").as_posix()
+    parts = (lake.path / "data" / "main" / "organ_dosimetry").as_posix()
     assert lake.sql(f"SELECT count(*) AS n FROM read_parquet('{parts}/*.parquet')"
                     ).n.iloc[0] == rows
     assert not lake.sql("EXPLAIN SELECT * FROM patients").empty

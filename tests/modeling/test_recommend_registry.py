@@ -63,6 +63,20 @@ def test_training_is_tracked_and_registered_as_candidate(trained):
     assert (preds.lower <= preds.value).all() and (preds.value <= preds.upper).all()
 
 
+def test_the_run_and_card_name_the_lake_snapshot_it_was_trained_on(trained):
+    """Issue 21: a study reproducible to the row. The held-out patients were written after
+    training; the snapshot in the run gives back exactly the training data."""
+    from theralake.modeling.dataset import build_dataset
+
+    lake, cfg, dose, _, held = trained
+    snapshot = int(client(lake).get_run(dose.run_id).data.tags["lake_snapshot"])
+    then = lake.at(snapshot)
+    assert build_dataset(then, "dose", None, cfg).hash == dose.dataset.hash
+    assert build_dataset(lake, "dose", None, cfg).hash != dose.dataset.hash
+    assert not set(held) & set(then.read("patients").patient_id)
+    assert f"lake snapshot {snapshot}" in model_card(lake, "theralake-dose", dose.version)
+
+
 def test_recommend_refuses_without_champion(trained):
     lake, cfg, _, _, held = trained
     with pytest.raises(RecommendationError, match="no registered model|has no alias"):

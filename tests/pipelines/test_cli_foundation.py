@@ -174,12 +174,13 @@ def test_cli_export_nifti(tmp_path, small_lake):
 
 _SLOW_CLI = """
 import sys, time
-import pyarrow.parquet as pq
-_write = pq.write_table
-def slow_write(*args, **kwargs):  # every Parquet write takes a while: a kill lands midway
-    _write(*args, **kwargs)
-    time.sleep(0.15)
-pq.write_table = slow_write
+from theralake.lake.store import Lake
+_append = Lake.append
+def slow_append(*args, **kwargs):  # every write takes a while: a kill lands midway
+    added = _append(*args, **kwargs)
+    time.sleep(0.3)
+    return added
+Lake.append = slow_append
 from theralake.pipelines.cli import main
 sys.argv = ["theralake", *sys.argv[1:]]
 main()
@@ -194,14 +195,15 @@ def test_ingest_killed_midway_leaves_a_consistent_lake(tmp_path):
 
     lake_path = tmp_path / "lake"
     Lake(lake_path)
-    images = lake_path / "tables" / "images"
+    images = lake_path / "data" / "main" / "images"
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, "ingest", str(folder), "--lake",
                              str(lake_path), "--quiet"], env=dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if [p for p in images.glob("part-*.parquet") if "schema" not in p.name]:
+            if list(images.glob("*.parquet")):  # written, and committed a moment later
+                time.sleep(0.1)
                 break
             time.sleep(0.005)
         assert proc.poll() is None, "ingest ended before it could be killed: " + \

@@ -92,6 +92,11 @@ def test_reference_run_fills_the_lake_and_logs_each_task(reference: Lake):
         c1, c2 = g.set_index("cycle").loc[1], g.set_index("cycle").loc[2]
         assert c2.start_utc >= c1.end_utc
     assert (log.end_utc >= log.start_utc).all() and log.worker.str.contains(":").all()
+    # each task names the snapshot it read; a later task read a later one
+    assert log.lake_snapshot.notna().all()
+    for _, g in cycles.groupby("patient_id"):
+        assert g.lake_snapshot.iloc[1] > g.lake_snapshot.iloc[0]
+    assert reference.at(int(log.lake_snapshot.min())).counts()["dose_maps"] == 0
 
 
 def test_the_measured_tumour_dose_reaches_the_survival_dataset(reference: Lake):
@@ -259,7 +264,7 @@ def _alive(pid: int) -> bool:
 
 
 def _parts(lake_path: Path) -> set[str]:
-    return {str(p.relative_to(lake_path)) for p in (lake_path / "tables").rglob("*.parquet")}
+    return {str(p.relative_to(lake_path)) for p in (lake_path / "data").rglob("*.parquet")}
 
 
 def test_workers_die_with_their_run_and_write_nothing_after_it(cohort: Path, tmp_path: Path):
@@ -313,6 +318,30 @@ def test_ray_engine_gives_the_same_lake(reference: Lake, cohort: Path, tmp_path:
     assert summary.ok, summary.table()
     assert set(lake.read("run_log").engine) == {"ray"}
     assert_same_lake(reference, lake)
+
+
+def test_two_workers_on_a_postgresql_catalog_give_the_single_writer_lake(
+        reference: Lake, cohort: Path, tmp_path: Path, postgres_database: str):
+    """Issue 21: the catalog in PostgreSQL, the data in a shared folder, two worker processes
+    writing one cohort at once; the lake equals a single writer's, table by table."""
+    from theralake.pipelines.engines import default_threads
+
+    single = Lake(tmp_path / "single")  # one worker, with the threads of each of two
+    summary = run_pipeline(single, STEPS, cohort, "local", 1, settings=load_pipeline_settings(
+        **FAST, threads_per_task=default_threads(2)), progress=False)
+    assert summary.ok, summary.table()
+    assert_same_lake(reference, single)
+    lake = Lake(f"{postgres_database}?data_path={tmp_path / 'shared'}")
+    summary = run_pipeline(lake, STEPS, cohort, "local", 2,
+                           settings=load_pipeline_settings(**FAST), progress=False)
+    assert summary.ok, summary.table()
+    assert_same_lake(single, lake)
+    log = lake.read("run_log")
+    dosimetry = log[log.step == "dosimetry"].sort_values("start_utc")
+    assert dosimetry.worker.nunique() == 2  # two processes wrote
+    overlapping = (dosimetry.start_utc.shift(-1) < dosimetry.end_utc).iloc[:-1]
+    assert overlapping.any(), "no two tasks ran at once"
+    assert log.lake_snapshot.notna().all() and (log.lake_snapshot <= lake.snapshot()).all()
 
 
 def test_broken_patient_fails_alone_with_the_reason(cohort: Path, tmp_path: Path):

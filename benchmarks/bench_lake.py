@@ -1,0 +1,140 @@
+"""Benchmark: the DuckLake lake against the Parquet-parts layout it replaced (issue 21).
+
+The baseline is the previous lake itself: ``lake/store.py`` of commit 1adcfa5, loaded from git
+and run beside today's. Both hold the same ``organ_dosimetry`` rows, written as tasks write
+them (a few rows per commit):
+
+- parts: N Parquet parts, one per task write (written directly, not timed);
+- DuckLake, as written: N commits, hence N data files (measured up to 10,000 commits);
+- DuckLake, compacted: the same rows after ``theralake lake compact`` (at 100,000 parts the
+  rows are copied in by ``append_parquet`` and compacted, the state a nightly compaction
+  keeps).
+
+Printed per N: one task's append (its id check included) and three everyday queries (a fresh
+process's first query, then repeated), and the ratio of parts to DuckLake.
+
+    python benchmarks/bench_lake.py [--parts 1000 10000 100000] [--ducklake-commits-max 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from theralake.lake import SCHEMAS, Lake, stable_hash
+
+BASELINE_COMMIT = "1adcfa5"
+ROWS_PER_WRITE = 5  # VOIs of one patient-cycle
+QUERIES = {
+    "one patient's doses": "SELECT voi, absorbed_dose_gy FROM organ_dosimetry "
+                           "WHERE patient_id = 'P00042'",
+    "mean dose by VOI": "SELECT voi, avg(absorbed_dose_gy) FROM organ_dosimetry GROUP BY voi",
+    "rows per cycle": "SELECT cycle, count(*) FROM organ_dosimetry GROUP BY cycle",
+}
+
+
+def baseline_lake_class() -> type:
+    """The Parquet-parts ``Lake`` of the baseline commit, from git."""
+    repo = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:lake/store.py"], cwd=repo,
+                            check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "parts_store.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("parts_store", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Lake
+
+
+def rows(write: int) -> list[dict]:
+    return [{"id": stable_hash("od", write, v), "patient_id": f"P{write // 4:05d}",
+             "cycle": 1 + write % 4, "voi": voi, "method": "vsv",
+             "absorbed_dose_gy": 0.1 * (write % 97) + v, "input_ids": [], "params_hash": "b",
+             "theralake_version": "bench"}
+            for v, voi in enumerate(["kidney_left", "kidney_right", "liver", "spleen",
+                                     "tumor_total"][:ROWS_PER_WRITE])]
+
+
+def write_parts(folder: Path, n: int) -> list[Path]:
+    """N Parquet parts of organ_dosimetry, as the baseline's appends leave them."""
+    table_dir = folder / "tables" / "organ_dosimetry"
+    table_dir.mkdir(parents=True, exist_ok=True)
+    schema = SCHEMAS["organ_dosimetry"]
+    out = []
+    for write in range(n):
+        path = table_dir / f"part-{stable_hash('part', write)[:24]}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows(write), schema=schema), path,
+                       compression="zstd")
+        out.append(path)
+    return out
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(open_lake, n: int) -> dict[str, float]:
+    """One task's append and the queries, on a lake opened afresh."""
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lake = open_lake()
+    out["open"] = time.perf_counter() - t0
+    out["append"] = timed(lambda: lake.append("organ_dosimetry", rows(n + 1)))
+    for name, query in QUERIES.items():
+        fresh = open_lake()
+        out[f"{name} (first)"] = timed(lambda q=query, f=fresh: f.sql(q))
+        out[name] = timed(lambda q=query, f=fresh: f.sql(q), repeat=3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", type=int, nargs="+", default=[1000, 10000, 100000])
+    ap.add_argument("--ducklake-commits-max", type=int, default=10000,
+                    help="above this, DuckLake is measured compacted only")
+    args = ap.parse_args()
+    PartsLake = baseline_lake_class()
+    for n in args.parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            PartsLake(root / "parts")
+            parts = write_parts(root / "parts", n)
+            results = {"parts": measure(partial(PartsLake, root / "parts"), n)}
+            if n <= args.ducklake_commits_max:
+                lake = Lake(root / "written")
+                t0 = time.perf_counter()
+                for write in range(n):
+                    lake.append("organ_dosimetry", rows(write))
+                build = time.perf_counter() - t0
+                results["DuckLake as written"] = measure(partial(Lake, root / "written"), n)
+                results["DuckLake as written"]["commit (mean of the N)"] = build / n
+            lake = Lake(root / "compacted")
+            lake.append_parquet({"organ_dosimetry": parts})
+            lake.compact(keep_snapshots_days=0)
+            results["DuckLake compacted"] = measure(partial(Lake, root / "compacted"), n)
+        print(f"\n== {n:,} parts ({n * ROWS_PER_WRITE:,} rows), seconds")
+        names = list(results["parts"]) + ["commit (mean of the N)"]
+        print(f"{'':32}" + "".join(f"{k:>22}" for k in results))
+        for name in names:
+            cells = [results[k].get(name) for k in results]
+            print(f"{name:32}" + "".join(f"{'' if c is None else f'{c:.4f}':>22}"
+                                          for c in cells))
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
