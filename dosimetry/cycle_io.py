@@ -123,11 +123,13 @@ def _previous_lesions(rows: CycleRows, cts: dict[str, CtImage]
 
 
 def write_cycle(lake: Lake, result: object) -> None:
-    """Append a :class:`~theralake.dosimetry.cycle.CycleResult`'s rows (idempotent: the
-    same inputs and settings add nothing)."""
-    lake.append("vois", result.voi_rows)
-    lake.append("registrations", result.registration_rows)
-    lake.append("dose_maps", result.map_rows)
-    lake.append("tacs", result.tac_rows)
-    lake.append("organ_dosimetry", result.organ_rows)
-    lake.append("quality", result.quality_rows)
+    """Append a :class:`~theralake.dosimetry.cycle.CycleResult`'s rows in one commit: the
+    patient-cycle's results land whole or not at all (idempotent: the same inputs and
+    settings add nothing)."""
+    with lake.batch():
+        lake.append("vois", result.voi_rows)
+        lake.append("registrations", result.registration_rows)
+        lake.append("dose_maps", result.map_rows)
+        lake.append("tacs", result.tac_rows)
+        lake.append("organ_dosimetry", result.organ_rows)
+        lake.append("quality", result.quality_rows)

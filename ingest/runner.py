@@ -153,8 +153,9 @@ def ingest(path: str | Path | Sequence[str | Path], lake: Lake,
         if options.imaged_patients_only:
             run.keep_patients({obj.raw_patient_id for obj in run.images + run.label_maps})
         # reading (above) runs in parallel; placing on timelines and writing is one ingest at
-        # a time, so that two batches holding the same patient agree on its timeline
-        with lake.exclusive("ingest"):
+        # a time, so that two batches holding the same patient agree on its timeline. The
+        # writes are one commit: a killed ingest leaves nothing, its re-run completes.
+        with lake.exclusive("ingest"), lake.batch() as added:
             run.build_timelines()
             task = progress.task("writing images", len(run.images))
             for im in run.images:
@@ -168,6 +169,7 @@ def ingest(path: str | Path | Sequence[str | Path], lake: Lake,
                 run.attempt(lambda lm=lm: run.write_label_map(lm, mapping), lm.source_label)
                 progress.advance(task)
             run.write_tables()
+    report.added.update(added)
     return report
 
 

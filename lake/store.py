@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +88,7 @@ class Lake:
         self._writer: duckdb.DuckDBPyConnection | None = None
         self._reader: duckdb.DuckDBPyConnection | None = None
         self._catalog_copy: tempfile.TemporaryDirectory | None = None
+        self._batch: _Batch | None = None
         self.pinned_snapshot = snapshot
         self.read_only = False
         #: called inside every write's transaction, before its commit (a run's liveness check)
@@ -243,7 +245,7 @@ class Lake:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_writer": None, "_reader": None, "_catalog_copy": None,
-                "write_guard": None}
+                "_batch": None, "write_guard": None}
 
     def connect(self, tables: Iterable[str] = SCHEMAS) -> duckdb.DuckDBPyConnection:
         """A read-only DuckDB connection with the tables by name (the lake is its default
@@ -362,12 +364,52 @@ class Lake:
         so two writers' commits conflict and the later one is retried against the rows the
         first added: re-running a step adds nothing, whatever runs beside it. Lineage columns
         missing from a row are filled (``input_ids`` and ``params_hash`` from the arguments,
-        the package version and the time). Returns the rows added.
+        the package version and the time). Returns the rows added; inside :meth:`batch`, 0
+        (the batch counts them at its commit).
         """
+        data = self._rows_table(table, rows, input_ids, params_hash)
+        if data is None:
+            return 0
+        if self._batch is not None:
+            self._batch.add(table, data)
+            if self._batch.nbytes >= self._batch.flush_bytes:
+                self._commit_batch()
+            return 0
+        return self._commit({table: [data]})[table]
+
+    @contextlib.contextmanager
+    def batch(self, flush_bytes: int = 512 << 20) -> Iterator[Counter[str]]:
+        """Appends inside the block are committed together, in one transaction, at its end: a
+        task's rows land whole or not at all, and cost one commit. A batch whose rows pass
+        ``flush_bytes`` is committed then and goes on (memory stays bounded). Yields the rows
+        added per table, filled at each commit. An exception discards what is not committed.
+        """
+        if self._batch is not None:  # nested: the outer batch commits
+            yield self._batch.added
+            return
+        self._batch = _Batch(flush_bytes)
+        try:
+            yield self._batch.added
+            self._commit_batch()
+        finally:
+            self._batch = None
+
+    def _commit_batch(self) -> None:
+        pending = self._batch
+        if pending is None or not pending.tables:
+            return
+        added = self._commit(pending.tables)
+        pending.added.update({t: n for t, n in added.items() if n})
+        pending.clear()
+
+    def _rows_table(self, table: str, rows: Iterable[Mapping] | pd.DataFrame,
+                    input_ids: Iterable[str] | None, params_hash: str | None,
+                    ) -> pa.Table | None:
+        """The rows as an Arrow table of the table's schema, lineage filled, one per id."""
         schema = SCHEMAS[self.check_table(table)]
         records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
         if not records:
-            return 0
+            return None
         now = datetime.now(UTC)
         for rec in records:
             if not rec.get("id"):
@@ -383,28 +425,34 @@ class Lake:
         for rec in records:
             fresh.setdefault(rec["id"], rec)
         try:
-            data = pa.Table.from_pylist(list(fresh.values()), schema=schema)
+            return pa.Table.from_pylist(list(fresh.values()), schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise LakeError(f"{table}: rows do not fit the schema ({exc})") from exc
 
-        def insert(con: duckdb.DuckDBPyConnection) -> int:
+    def _commit(self, tables: Mapping[str, list[pa.Table]]) -> dict[str, int]:
+        """Insert the rows of each table whose ids it lacks, in one transaction; the rows
+        added per table."""
+        def insert(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             con.execute("BEGIN TRANSACTION")
             con.execute(_COUNT_WRITE)
-            con.register("fresh_rows", data)
-            added = con.execute(
-                f"INSERT INTO lake.{table} BY NAME SELECT * FROM fresh_rows WHERE id NOT IN "
-                f"(SELECT id FROM lake.{table} WHERE id IN (SELECT id FROM fresh_rows))"
-            ).fetchone()[0]  # the inner IN lets the scan skip files by their id range
-            if not added:
+            added = {}
+            for table, parts in tables.items():
+                data = pa.concat_tables(parts)
+                con.register("fresh_rows", data)
+                added[table] = int(con.execute(
+                    f"INSERT INTO lake.{table} BY NAME SELECT * FROM fresh_rows WHERE id NOT IN "
+                    f"(SELECT id FROM lake.{table} WHERE {_candidates(data)})").fetchone()[0])
+                con.unregister("fresh_rows")
+            if not any(added.values()):
                 con.execute("ROLLBACK")
-                return 0
+                return added
             if self.write_guard is not None:
                 self.write_guard()
             con.execute("COMMIT")
-            return int(added)
+            return added
 
         added = self._write(insert)
-        log.debug("%s: %d rows appended", table, added)
+        log.debug("appended %s", added)
         return added
 
     def append_parquet(self, files: Mapping[str, list[Path]],
@@ -509,6 +557,42 @@ def _postgres_location(url: str) -> tuple[str, str]:
                         "?data_path=/shared/lake")
     rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
     return parts._replace(query=rest).geturl(), folders[0]
+
+
+class _Batch:
+    """Rows waiting for a batch's commit, per table (one row per id)."""
+
+    def __init__(self, flush_bytes: int):
+        self.flush_bytes = flush_bytes
+        self.added: Counter[str] = Counter()
+        self.clear()
+
+    def clear(self) -> None:
+        self.tables: dict[str, list[pa.Table]] = {}
+        self.ids: dict[str, set[str]] = {}
+        self.nbytes = 0
+
+    def add(self, table: str, data: pa.Table) -> None:
+        seen = self.ids.setdefault(table, set())
+        keep = [i not in seen for i in data.column("id").to_pylist()]
+        data = data.filter(pa.array(keep))
+        if data.num_rows:
+            seen.update(data.column("id").to_pylist())
+            self.tables.setdefault(table, []).append(data)
+            self.nbytes += data.nbytes
+
+
+def _candidates(data: pa.Table) -> str:
+    """The filter of the rows that may share an id with ``data``: its ids, and, where every
+    row names a patient, its patients. An id names one patient's row, and a data file of one
+    patient is skipped by its patient_id range: the check reads the files of these patients,
+    not the whole table."""
+    where = "id IN (SELECT id FROM fresh_rows)"
+    if "patient_id" not in data.column_names or data.column("patient_id").null_count:
+        return where
+    patients = sorted(set(data.column("patient_id").to_pylist()))
+    listed = ", ".join("'" + p.replace("'", "''") + "'" for p in patients)
+    return f"patient_id IN ({listed}) AND {where}"
 
 
 def _contended(exc: duckdb.Error) -> bool:

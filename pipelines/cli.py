@@ -113,6 +113,14 @@ def _fail(exc: Exception) -> NoReturn:
     raise typer.Exit(2) from exc
 
 
+def _existing_lake(lake: str | None) -> Lake:
+    """The lake of ``--lake``, or exit 2 with the reason in one line."""
+    try:
+        return Lake(lake, create=False)
+    except LakeError as exc:
+        _fail(exc)
+
+
 @lake_app.command("migrate")
 def lake_migrate_command(
     old: Annotated[Path, typer.Argument(help="a lake of Parquet parts (the layout before "
@@ -149,10 +157,7 @@ def lake_migrate_command(
 def lake_open_lines_command(lake: LakeOption = None, as_json: JsonOption = False,
                             quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
     """Print the two lines that open the lake read-only in any DuckDB 1.4.4."""
-    try:
-        lines = Lake(lake, create=False).open_lines()
-    except LakeError as exc:
-        _fail(exc)
+    lines = _existing_lake(lake).open_lines()
     if as_json:
         print_json({"open_with": lines})
     else:
@@ -163,10 +168,7 @@ def lake_open_lines_command(lake: LakeOption = None, as_json: JsonOption = False
 def lake_snapshots_command(lake: LakeOption = None, as_json: JsonOption = False,
                            quiet: QuietOption = False, verbose: VerboseOption = False) -> None:
     """List the lake's snapshots (``theralake sql --at N`` reads the lake as it was at N)."""
-    try:
-        df = Lake(lake, create=False).snapshots()
-    except LakeError as exc:
-        _fail(exc)
+    df = _existing_lake(lake).snapshots()
     df["changes"] = df["changes"].map(lambda c: "; ".join(
         f"{k} {', '.join(map(str, v))}" for k, v in (c or {}).items()))
     if as_json:

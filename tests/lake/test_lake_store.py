@@ -182,3 +182,23 @@ def test_data_files_are_zstd_parquet(lake):
     for f in files:
         meta = pq.ParquetFile(f).metadata
         assert meta.num_rows and meta.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_a_batch_is_one_commit_all_or_nothing(lake):
+    rows = [{"id": f"c{i}", "patient_id": "P1", "variable": "psa", "value_num": float(i)}
+            for i in range(3)]
+    start = lake.snapshot()
+    with lake.batch() as added:
+        assert lake.append("clinical", rows[:2]) == 0  # counted at the commit
+        lake.append("clinical", rows)  # the same ids again in the batch: once
+        lake.append("patients", [{"id": "p1", "patient_id": "P1"}])
+        assert lake.counts()["clinical"] == 0  # nothing visible before the commit
+    assert dict(added) == {"clinical": 3, "patients": 1}
+    assert lake.snapshot() == start + 1 and lake.counts()["clinical"] == 3
+    with pytest.raises(RuntimeError, match="task failed"), lake.batch():
+        lake.append("clinical", [{**rows[0], "id": "c9"}])
+        raise RuntimeError("task failed")
+    assert lake.snapshot() == start + 1 and "c9" not in lake.ids("clinical")
+    with lake.batch() as again:  # a re-run adds nothing and commits nothing
+        lake.append("clinical", rows)
+    assert not again and lake.snapshot() == start + 1

@@ -69,24 +69,24 @@ def test_a_full_disk_during_ingest_is_one_line_and_leaves_nothing_half_written(
     import theralake.lake.store as store
 
     lake = Lake(tmp_path / "lake")
-    real_append = store.Lake.append
+    real_commit = store.Lake._commit
 
-    def full_disk(self, table, rows, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        if table == "images":  # the data file is written, then the disk fills before commit
+    def full_disk(self, tables):  # noqa: ANN001
+        if "images" in tables:  # the data files are written, then the disk fills
             def fill() -> None:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
             self.write_guard = fill
         try:
-            return real_append(self, table, rows, *args, **kwargs)
+            return real_commit(self, tables)
         finally:
             self.write_guard = None
 
-    monkeypatch.setattr(store.Lake, "append", full_disk)
+    monkeypatch.setattr(store.Lake, "_commit", full_disk)
     code, _, err = _cli(capsys, "ingest", str(source), "--quiet", "--lake", str(lake.path))
     assert code == 2 and "no space left" in _one_line_error(err)
     assert not list((lake.path / "data" / "main" / "images").glob("*.parquet"))  # rolled back
     assert Lake(lake.path).counts()["images"] == 0
-    monkeypatch.setattr(store.Lake, "append", real_append)
+    monkeypatch.setattr(store.Lake, "_commit", real_commit)
     code, _, _ = _cli(capsys, "ingest", str(source), "--quiet", "--lake", str(lake.path))
     assert code == 0 and Lake(lake.path).counts()["images"] == 1  # a re-run completes
 
