@@ -28,8 +28,9 @@ from urllib.parse import urlsplit
 import duckdb
 import duckdb_ext
 
-__all__ = ["CATALOG_FILE", "DATA", "SQLITE", "attach", "catalog_kind", "extension_path",
-           "is_postgres", "open_lines", "redacted"]
+__all__ = ["CATALOG_FILE", "DATA", "SQLITE", "ExtensionMissing", "attach", "catalog_kind",
+           "copy_sqlite_catalog", "create_sqlite_catalog", "extension_path", "is_postgres",
+           "open_lines", "redacted"]
 
 CATALOG_FILE = "catalog.sqlite"
 DATA = "data"
