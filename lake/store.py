@@ -157,11 +157,10 @@ class Lake:
 
     def _prepare_tables(self) -> None:
         """Create the tables a new lake lacks, and the columns a newer schema added."""
-        have = {(t, c) for t, c in self._reading().execute(
-            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'lake' "
-            "AND schema_name = 'main'").fetchall()}
-        want = {(t, f.name) for t, schema in SCHEMAS.items() for f in schema}
-        if want <= have and self._has_token():
+        have = set(self._fetch("SELECT schema_name, table_name, column_name FROM duckdb_columns() "
+                               "WHERE database_name = 'lake'"))
+        want = {("main", t, f.name) for t, schema in SCHEMAS.items() for f in schema}
+        if want | {(*TOKEN.split("."), "writes")} <= have:
             return
 
         def prepare(con: duckdb.DuckDBPyConnection) -> None:
@@ -176,11 +175,6 @@ class Lake:
 
         self._write(prepare)
         self._drop_reader()  # its catalog cache predates the new tables
-
-    def _has_token(self) -> bool:
-        return bool(self._reading().execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake' AND schema_name = ? "
-            "AND table_name = ?", TOKEN.split(".")).fetchone()[0])
 
     def meta(self) -> dict:
         """The lake's ``theralake.json``."""
@@ -237,6 +231,14 @@ class Lake:
         con.execute("SET lock_configuration = true")
         return con
 
+    def _fetch(self, query: str, params: list | None = None) -> list[tuple]:
+        """The rows of a query of theralake's own on the read-only attachment."""
+        con = self._reading()
+        try:
+            return con.execute(query, params or []).fetchall()
+        finally:
+            con.close()
+
     def _drop_reader(self) -> None:
         with _DUCK_LOCK:
             if self._reader is not None:
@@ -256,8 +258,7 @@ class Lake:
 
     def snapshot(self) -> int:
         """The snapshot the lake's reads see now (the pinned one, else the newest)."""
-        return int(self._reading().execute(
-            "SELECT id FROM ducklake_current_snapshot('lake')").fetchone()[0])
+        return int(self._fetch("SELECT id FROM ducklake_current_snapshot('lake')")[0][0])
 
     def snapshots(self) -> pd.DataFrame:
         """Every snapshot: its id, time and changes."""
@@ -306,12 +307,7 @@ class Lake:
         return self.sql(query, params)
 
     def ids(self, table: str) -> set[str]:
-        self.check_table(table)
-        con = self._reading()
-        try:
-            return {r[0] for r in con.execute(f"SELECT id FROM {table}").fetchall()}
-        finally:
-            con.close()
+        return {r[0] for r in self._fetch(f"SELECT id FROM {self.check_table(table)}")}
 
     # -- writing -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -433,25 +429,15 @@ class Lake:
         """Insert the rows of each table whose ids it lacks, in one transaction; the rows
         added per table."""
         def insert(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-            con.execute("BEGIN TRANSACTION")
-            con.execute(_COUNT_WRITE)
             added = {}
             for table, parts in tables.items():
                 data = pa.concat_tables(parts)
                 con.register("fresh_rows", data)
-                added[table] = int(con.execute(
-                    f"INSERT INTO lake.{table} BY NAME SELECT * FROM fresh_rows WHERE id NOT IN "
-                    f"(SELECT id FROM lake.{table} WHERE {_candidates(data)})").fetchone()[0])
+                added[table] = _insert_missing(con, table, "fresh_rows", _candidates(data))
                 con.unregister("fresh_rows")
-            if not any(added.values()):
-                con.execute("ROLLBACK")
-                return added
-            if self.write_guard is not None:
-                self.write_guard()
-            con.execute("COMMIT")
             return added
 
-        added = self._write(insert)
+        added = self._in_one_commit(insert)
         log.debug("appended %s", added)
         return added
 
@@ -466,21 +452,33 @@ class Lake:
 
         def insert(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             added: dict[str, int] = {}
-            con.execute("BEGIN TRANSACTION")
-            con.execute(_COUNT_WRITE)
             for table, paths in files.items():
-                added[table] = int(con.execute(
-                    f"INSERT INTO lake.{table} BY NAME SELECT * FROM read_parquet(?, "
-                    f"union_by_name = true) WHERE id NOT IN (SELECT id FROM lake.{table})",
-                    [[Path(p).as_posix() for p in paths]]).fetchone()[0]) if paths else 0
+                added[table] = _insert_missing(
+                    con, table, "read_parquet(?, union_by_name = true)", "true",
+                    [[Path(p).as_posix() for p in paths]]) if paths else 0
                 if progress is not None:
                     progress(table, added[table])
+            return added
+
+        return self._in_one_commit(insert)
+
+    def _in_one_commit(self, insert: Callable[[duckdb.DuckDBPyConnection], dict[str, int]],
+                       ) -> dict[str, int]:
+        """Run ``insert`` in one transaction that also counts the write (so that concurrent
+        writers conflict), and commit it where it added rows (an empty one is rolled back)."""
+        def work(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(_COUNT_WRITE)
+            added = insert(con)
+            if not any(added.values()):
+                con.execute("ROLLBACK")
+                return added
             if self.write_guard is not None:
                 self.write_guard()
             con.execute("COMMIT")
             return added
 
-        return self._write(insert)
+        return self._write(work)
 
     def compact(self, keep_snapshots_days: float | None = None) -> dict[str, int]:
         """Merge the tables' small data files into larger ones and, with
@@ -510,12 +508,8 @@ class Lake:
                 "disk_files_after": self._disk_files()}
 
     def _live_files(self) -> int:
-        con = self._reading()
-        try:
-            return sum(int(con.execute("SELECT count(*) FROM ducklake_list_files('lake', ?)",
-                                       [table]).fetchone()[0]) for table in SCHEMAS)
-        finally:
-            con.close()
+        return sum(self._fetch("SELECT count(*) FROM ducklake_list_files('lake', ?)",
+                               [table])[0][0] for table in SCHEMAS)
 
     def _disk_files(self) -> int:
         return sum(1 for _ in (self.path / ducklake.DATA).rglob("*.parquet"))
@@ -539,11 +533,7 @@ class Lake:
         return out
 
     def counts(self) -> dict[str, int]:
-        con = self._reading()
-        try:
-            return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in SCHEMAS}
-        finally:
-            con.close()
+        return {t: self._fetch(f"SELECT count(*) FROM {t}")[0][0] for t in SCHEMAS}
 
 
 def _postgres_location(url: str) -> tuple[str, str]:
@@ -580,6 +570,15 @@ class _Batch:
             seen.update(data.column("id").to_pylist())
             self.tables.setdefault(table, []).append(data)
             self.nbytes += data.nbytes
+
+
+def _insert_missing(con: duckdb.DuckDBPyConnection, table: str, source: str, candidates: str,
+                    params: list | None = None) -> int:
+    """Insert the rows of ``source`` whose id the table lacks (looking among the rows that
+    match ``candidates``); the rows inserted."""
+    return int(con.execute(
+        f"INSERT INTO lake.{table} BY NAME SELECT * FROM {source} WHERE id NOT IN "
+        f"(SELECT id FROM lake.{table} WHERE {candidates})", params or []).fetchone()[0])
 
 
 def _candidates(data: pa.Table) -> str:
@@ -627,16 +626,8 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _writable(folder: Path) -> bool:
-    """Whether the lake folder takes writes."""
-    return os.access(folder, os.W_OK) and _can_create(folder)
-
-
-def _can_create(folder: Path) -> bool:
-    try:
-        with open(folder / ".write.lock", "a+"):
-            return True
-    except OSError:
-        return False
+    """Whether the lake folder takes writes (not on a read-only mount or for this user)."""
+    return os.access(folder, os.W_OK)
 
 
 def _atomic_write_bytes(dest: Path, data: bytes) -> None:

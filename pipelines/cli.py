@@ -191,8 +191,8 @@ def lake_compact_command(
 ) -> None:
     """Merge the lake's small data files into larger ones (what a query reads is unchanged);
     with --keep-days, retire old snapshots and their files."""
+    the_lake = _existing_lake(lake)
     try:
-        the_lake = Lake(lake, create=False)
         with the_lake.exclusive("run"):  # not while a run writes
             result = the_lake.compact(keep_snapshots_days=keep_days)
     except LakeError as exc:
