@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import optimize
 
-__all__ = ["Finding", "STATUSES", "sphere_recovery", "worst"]
+__all__ = ["Finding", "STATUSES", "fit_resolution_fwhm_mm", "sphere_recovery", "worst"]
 
 STATUSES = ("pass", "warn", "fail")
 
@@ -68,6 +69,23 @@ def sphere_recovery(volume_ml: float, fwhm_mm: float) -> float:
         density = 3.0 * r * r / radius**3  # its radial density in the ball
         total += 0.5 * radius * w * density * _inside(r, radius, sigma)
     return min(max(total, 0.0), 1.0)
+
+
+def fit_resolution_fwhm_mm(volumes_ml: Iterable[float], recoveries: Iterable[float],
+                           background_ratio: float = 0.0) -> float:
+    """The Gaussian FWHM (mm) whose sphere recoveries best match measured ones (least squares):
+    a sphere's measured mean over its true concentration is ``b + (1 - b) x`` its recovery,
+    with ``b`` the background over the sphere concentration (the background spills in)."""
+    v = np.asarray(list(volumes_ml), dtype=float)
+    r = np.asarray(list(recoveries), dtype=float)
+    b = float(background_ratio)
+
+    def cost(fwhm: float) -> float:
+        model = np.array([b + (1.0 - b) * sphere_recovery(x, fwhm) for x in v])
+        return float(((model - r) ** 2).sum())
+
+    return float(optimize.minimize_scalar(cost, bounds=(1.0, 80.0), method="bounded",
+                                          options={"xatol": 0.01}).x)
 
 
 def _inside(r: float, radius: float, sigma: float) -> float:

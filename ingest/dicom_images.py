@@ -27,12 +27,20 @@ from theralake.ingest.frames import (
     single_frame,
     stack,
 )
+from theralake.ingest.projections import (
+    collimator_name,
+    frame_duration_s,
+    is_projection_data,
+    read_views,
+)
 from theralake.ingest.radiopharm import Administration, administration_from_dicom, decay_factor
 from theralake.ingest.scrub import identifying_values
 from theralake.lake import Volume
 from theralake.lake.volume import require_finite as require_finite_voxels
 
 IMAGE_MODALITIES = {"CT": "ct", "PT": "pet", "NM": "spect", "RTDOSE": "dose", "MR": "mr"}
+#: the kind of an NM acquisition's energy-window images (views, not a volume)
+PROJECTIONS = "projections"
 
 
 @dataclass
@@ -60,6 +68,9 @@ class PendingImage:
     age_y: float | None = None
     height_m: float | None = None
     source_digest: list[str] = field(default_factory=list)
+    #: an energy window of a SPECT acquisition: its window, geometry and camera (kind
+    #: ``projections``; the volume's array is the views (angle, r, z))
+    projection: dict | None = None
     #: the source's identifying values (names, IDs, dates...), scrubbed from free text
     identifiers: list[str] = field(default_factory=list)
 
@@ -114,6 +125,56 @@ def _planes(series: Series) -> tuple[list[Frame], Dataset]:
             frames.append(frame)
     assert last is not None
     return frames, last
+
+
+def read_series(series: Series, calibration: CalibrationTable) -> list[PendingImage]:
+    """The images of a series: one per energy window of SPECT projections, else one."""
+    if series.modality == "NM" and is_projection_data(series.first):
+        return read_projection_series(series)
+    return [read_image_series(series, calibration)]
+
+
+def read_projection_series(series: Series) -> list[PendingImage]:
+    """A SPECT acquisition (NM TOMO): one image of kind ``projections`` per energy window.
+
+    Raises:
+        IngestError: the acquisition cannot be reconstructed (geometry, windows, gating).
+    """
+    if len(series.headers) > 1:
+        raise IngestError(series.label, "SPECT projections are expected in one multi-frame "
+                                        f"file, found {len(series.headers)} files")
+    path = series.headers[0][0]
+    ds = read_full(path)
+    pixels = ds.pixel_array
+    pixels = pixels[None] if pixels.ndim == 2 else pixels
+    admin = administration_from_dicom(ds, path)
+    nuclide = admin.nuclide if admin else None
+    windows, views, geometry = read_views(ds, pixels, nuclide, path)
+    duration = frame_duration_s(ds)
+    if duration is None:
+        raise IngestError(path, "NM projections without ActualFrameDuration")
+    out = []
+    for w in windows:
+        step = 360.0 / len(geometry.angles_deg)
+        volume = Volume(views[w.index], (geometry.pixel_mm, geometry.pixel_mm, step),
+                        geometry.origin_mm)
+        out.append(PendingImage(
+            raw_patient_id=str(ds.get("PatientID", "")), modality="NM", kind=PROJECTIONS,
+            units="COUNTS", volume=volume, acquired=acquisition_datetime(ds),
+            source_label=str(path), series_uid=series.uid,
+            frame_of_reference_uid=str(ds.get("FrameOfReferenceUID") or "") or None,
+            administration=admin, nuclide=nuclide, acquisition_duration_s=duration *
+            len(geometry.angles_deg),
+            description=f"{w.name} {w.lower_kev:g}-{w.upper_kev:g} keV",
+            identifiers=identifying_values(ds), **_demographics(ds),
+            projection={"window": w, "geometry": geometry, "frame_duration_s": duration,
+                        "collimator": collimator_name(ds),
+                        "manufacturer": str(ds.get("Manufacturer") or ""),
+                        "camera": str(ds.get("DeviceSerialNumber") or
+                                      ds.get("StationName") or "")}))
+    if not out[0].raw_patient_id:
+        raise IngestError(path, "no PatientID")
+    return out
 
 
 def read_image_series(series: Series, calibration: CalibrationTable) -> PendingImage:
@@ -252,4 +313,4 @@ def _quantify_spect(image: PendingImage, ds: Dataset, calibration: CalibrationTa
         raise IngestError(label, "SPECT quantification produced non-finite values")
 
 
-__all__ = ["PendingImage", "read_image_series", "parse_datetime"]
+__all__ = ["PendingImage", "read_image_series", "read_series", "parse_datetime"]

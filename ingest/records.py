@@ -55,3 +55,26 @@ def administration_row(a: Administration, timeline: PatientTimeline,
     row["id"] = stable_hash("administration", pid, a.nuclide, round(hours, 2), a.cycle,
                             a.activity_mbq)
     return row
+
+
+def camera_key(pseudo: Pseudonymizer, camera: str | None) -> str | None:
+    """A camera's key in the lake: its serial number is a device identifier (HIPAA), so the
+    lake holds a keyed hash of it, the same in patients' acquisitions and calibrations."""
+    return pseudo.token("camera", camera.strip()) if camera and camera.strip() else None
+
+
+def projection_window_row(im: PendingImage, image: dict, pseudo: Pseudonymizer) -> dict:
+    """A ``projection_windows`` row: the energy window and geometry of a projections image."""
+    p = im.projection or {}
+    w, g = p["window"], p["geometry"]
+    row = {"patient_id": image["patient_id"], "image_id": image["id"],
+           "series_key": image["series_key"], "cycle": image["cycle"],
+           "time_h": image["time_h"], "window_index": w.index, "window_name": w.name,
+           "lower_kev": w.lower_kev, "upper_kev": w.upper_kev, "role": w.role,
+           "peak_kev": w.peak_kev, "angles_deg": [float(a) for a in g.angles_deg],
+           "radii_mm": [float(r) for r in g.radii_mm], "bins": g.bins, "rows": g.rows,
+           "pixel_mm": g.pixel_mm, "grid_origin_mm": [float(v) for v in g.origin_mm],
+           "frame_duration_s": p["frame_duration_s"], "collimator_name": p["collimator"],
+           "manufacturer": p["manufacturer"], "camera_key": camera_key(pseudo, p["camera"])}
+    row["id"] = stable_hash("projection_window", image["id"], w.index)
+    return row

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydicom.dataset import Dataset
 
 from theralake.ingest import contours, segmentations
 from theralake.ingest.calibration import CalibrationTable
@@ -19,14 +20,15 @@ from theralake.ingest.dicom_files import Series, group_series, scan
 from theralake.ingest.dicom_images import (
     IMAGE_MODALITIES,
     PendingImage,
-    read_image_series,
+    read_series,
     require_finite,
 )
 from theralake.ingest.errors import IngestError
 from theralake.ingest.nifti import PendingLabels, read_nifti
+from theralake.ingest.phantoms import PHANTOM_FILE
 from theralake.ingest.pseudonym import Pseudonymizer, check_lake_key, lake_pseudonymizer
 from theralake.ingest.radiopharm import Administration
-from theralake.ingest.records import administration_row, image_row, voi_row
+from theralake.ingest.records import administration_row, image_row, projection_window_row, voi_row
 from theralake.ingest.scrub import Scrubber, identifying_values, scrub_text
 from theralake.ingest.tables import (
     MAPPING_NAMES,
@@ -128,6 +130,11 @@ def ingest(path: str | Path | Sequence[str | Path], lake: Lake,
         task = progress.task("scanning files", None)
         headers, errors, others = scan(roots, lambda total: progress.advance(task, total))
         report.skipped += errors
+        headers, phantoms = _without_phantoms(headers)
+        if phantoms:
+            report.warnings.append(
+                f"{len(phantoms)} phantom acquisition folder(s) (a phantom.json beside the "
+                f"files) left out, for `theralake calibrate`: {', '.join(phantoms)}")
         mapping = run.load_mapping(options, others)
         calibration = CalibrationTable(default_cps_per_mbq=options.calibration_cps_per_mbq)
         if options.calibration_file:
@@ -139,7 +146,7 @@ def ingest(path: str | Path | Sequence[str | Path], lake: Lake,
         structures: list[Series] = []
         for s in series:
             if s.modality in IMAGE_MODALITIES:
-                run.attempt(lambda s=s: run.add_image(read_image_series(s, calibration)),
+                run.attempt(lambda s=s: [run.add_image(im) for im in read_series(s, calibration)],
                             s.label)
             elif s.modality in ("RTSTRUCT", "SEG"):
                 structures.append(s)
@@ -346,6 +353,8 @@ class _Run:
             if ref is not None:
                 row["cycle"] = ref[1].get("cycle")
         self.append("images", [row])
+        if im.projection is not None:
+            self.append("projection_windows", [projection_window_row(im, row, self.pseudo)])
         self.written.append((im, row))
 
     def _reference_for(self, series_uids: set[str], frame_uid: str | None
@@ -477,6 +486,13 @@ class _Run:
         rec["variable"] = f"{rec['variable']}_h"
         rec["value_num"] = round(timeline.hours(when), 1)
         return True
+
+
+def _without_phantoms(headers: list[tuple[Path, Dataset]]
+                      ) -> tuple[list[tuple[Path, Dataset]], list[str]]:
+    """The files not in a phantom's folder (one with a ``phantom.json``), and those folders."""
+    phantom = {p.parent for p, _ in headers if (p.parent / PHANTOM_FILE).is_file()}
+    return [(p, ds) for p, ds in headers if p.parent not in phantom], sorted(map(str, phantom))
 
 
 def _names(name: str, idents: list[str], mapping: Mapping) -> tuple[str, str | None]:

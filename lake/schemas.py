@@ -297,4 +297,87 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 
+_ACQUISITION_COLUMNS = [
+    pa.field("camera_key", _str),  # keyed hash of DeviceSerialNumber (a device identifier)
+    pa.field("nuclide", _str),
+    pa.field("photopeak_kev", _f64),
+    pa.field("collimator", _str),  # a code of PyTomography's collimator table (collim.col)
+]
+_RECON_COLUMNS = [
+    pa.field("method", _str),  # osem | bsrem
+    pa.field("iterations", _i64),
+    pa.field("subsets", _i64),
+    pa.field("beta", _f64),  # BSREM's relative-difference prior weight
+]
+
+#: the SPECT tables: acquisitions, reconstructions and the camera's calibration
+SCHEMAS.update({
+    "projection_windows": _schema(  # one energy window of an NM tomographic acquisition
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("image_id", _str, nullable=False),  # its views: images row of kind projections
+        pa.field("series_key", _str),
+        pa.field("cycle", _i64),
+        pa.field("time_h", _f64),
+        pa.field("window_index", _i64, nullable=False),
+        pa.field("window_name", _str),
+        pa.field("lower_kev", _f64, nullable=False),
+        pa.field("upper_kev", _f64, nullable=False),
+        pa.field("role", _str, nullable=False),  # photopeak, scatter_lower, scatter_upper, other
+        pa.field("peak_kev", _f64),  # the gamma line of its photopeak
+        pa.field("angles_deg", pa.list_(_f64)),  # per view, PyTomography's detector angles
+        pa.field("radii_mm", pa.list_(_f64)),  # per view, detector distance
+        pa.field("bins", _i64),
+        pa.field("rows", _i64),
+        pa.field("pixel_mm", _f64),
+        pa.field("grid_origin_mm", pa.list_(_f64)),  # LPS of the reconstruction voxel (0,0,0)
+        pa.field("frame_duration_s", _f64),
+        pa.field("collimator_name", _str),  # as the DICOM header names it
+        pa.field("manufacturer", _str),
+        pa.field("camera_key", _str),
+        LINEAGE_COLUMNS,
+    ),
+    "reconstructions": _schema(  # how a SPECT of the images table was reconstructed
+        pa.field("id", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("image_id", _str, nullable=False),
+        pa.field("cycle", _i64),
+        pa.field("time_h", _f64),
+        _ACQUISITION_COLUMNS,
+        _RECON_COLUMNS,
+        pa.field("views", _i64),
+        pa.field("attenuation_correction", _str),  # ct | none
+        pa.field("scatter_correction", _str),  # tew | dew | none
+        pa.field("cps_per_mbq", _f64),
+        pa.field("calibration_id", _str),  # the camera_calibrations row (None: given by hand)
+        pa.field("ct_id", _str),
+        LINEAGE_COLUMNS,
+    ),
+    "camera_calibrations": _schema(  # a camera's sensitivity from a uniform phantom
+        pa.field("id", _str, nullable=False),
+        _ACQUISITION_COLUMNS,
+        pa.field("cps_per_mbq", _f64, nullable=False),  # planar sensitivity, one view
+        pa.field("phantom", _str),
+        pa.field("activity_mbq", _f64),  # at the acquisition start
+        _RECON_COLUMNS,
+        pa.field("source", _str),  # the phantom description's file name
+        LINEAGE_COLUMNS,
+    ),
+    "recovery_curves": _schema(  # sphere recovery of a camera and reconstruction
+        pa.field("id", _str, nullable=False),
+        _ACQUISITION_COLUMNS,
+        _RECON_COLUMNS,
+        pa.field("calibration_id", _str),
+        pa.field("diameter_mm", _f64, nullable=False),
+        pa.field("volume_ml", _f64, nullable=False),
+        pa.field("recovery", _f64, nullable=False),  # mean in the true sphere / true
+        # the Gaussian resolution whose sphere recoveries fit the curve (background included)
+        pa.field("resolution_fwhm_mm", _f64),
+        pa.field("sphere_bq_per_ml", _f64),
+        pa.field("background_bq_per_ml", _f64),
+        pa.field("source", _str),
+        LINEAGE_COLUMNS,
+    ),
+})
+
 CORE_TABLES: tuple[str, ...] = tuple(SCHEMAS)

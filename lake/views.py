@@ -348,3 +348,34 @@ def _where(**equal: object) -> tuple[str | None, list]:
 def _and(where: str | None, params: list, clause: str, value: object) -> tuple[str, list]:
     joined = f"{where} AND {clause}" if where else clause
     return joined, params + ([value] if value is not None else [])
+
+
+# ----------------------------------------------------------------------------- SPECT
+def acquisitions(lake: Lake, patient_id: str, cycle: int | None = None) -> pd.DataFrame:
+    """The energy windows of a patient's SPECT acquisitions (one row per window, the current
+    one per series and window), sorted by time and window."""
+    where, params = _where(patient_id=patient_id, cycle=cycle)
+    df = lake.read("projection_windows", where, params)
+    if df.empty:
+        return df
+    return current(df, ["series_key", "window_index"]).sort_values(
+        ["time_h", "series_key", "window_index"]).reset_index(drop=True)
+
+
+def camera_calibration(lake: Lake, camera_key: str | None, nuclide: str | None,
+                       photopeak_kev: float, collimator: str) -> dict | None:
+    """A camera's sensitivity for a nuclide, photopeak and collimator: the newest
+    calibration (None when the camera was never calibrated so)."""
+    df = lake.read("camera_calibrations", "camera_key = ? AND nuclide = ? AND collimator = ? "
+                   "AND abs(photopeak_kev - ?) < 1", [camera_key, nuclide, collimator,
+                                                      photopeak_kev])
+    return None if df.empty else newest_first(df).iloc[0].to_dict()
+
+
+def recovery_curve(lake: Lake, calibration_id: str) -> pd.DataFrame:
+    """The newest sphere recovery curve measured with a camera calibration, by volume."""
+    df = lake.read("recovery_curves", "calibration_id = ?", [calibration_id])
+    if df.empty:
+        return df
+    df = df[df.created_utc == df.created_utc.max()]
+    return df.sort_values("volume_ml").reset_index(drop=True)

@@ -32,6 +32,7 @@ from theralake.modeling.segmentation_training import register as register_segmen
 from theralake.pipelines.dosimetry_cli import register as register_dosimetry_run
 from theralake.pipelines.quality import quality_line
 from theralake.pipelines.report import register as register_report
+from theralake.pipelines.spect_cli import register as register_spect
 from theralake.synth.cli import register as register_synth
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -47,6 +48,7 @@ register_registration_training(app)
 register_features(app)
 register_modeling(app)
 register_report(app)
+register_spect(app)
 
 
 @app.command("sql")

@@ -41,6 +41,10 @@ def register(app: typer.Typer) -> None:
         spect_grids: str = typer.Option(
             "same", "--spect-grids", help="same | varied (finer voxels at the second time "
             "point, a limited axial field of view at the last)"),
+        projections: bool = typer.Option(
+            False, "--projections", help="write each SPECT as its raw acquisition (NM "
+            "projections, photopeak and scatter windows) plus calibration phantoms"),
+        views: int = typer.Option(120, "--views", help="projections per SPECT acquisition"),
         as_json: JsonOption = False,
         quiet: QuietOption = False,
         verbose: VerboseOption = False,
@@ -51,7 +55,7 @@ def register(app: typer.Typer) -> None:
                               time_points_h=parse_time_points(time_points),
                               missing_prob=missing_prob, activity_gbq=activity_gbq,
                               nuclide=nuclide, fmt=fmt.lower(), contours=contours,
-                              spect_grids=spect_grids)
+                              spect_grids=spect_grids, projections=views if projections else 0)
         except SynthConfigError as err:
             raise typer.BadParameter(str(err)) from None
         t0 = time.perf_counter()

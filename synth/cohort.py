@@ -36,6 +36,7 @@ from theralake.synth.patient import (
     simulate_patient,
     voi_labels,
 )
+from theralake.synth.phantoms import write_phantoms
 from theralake.synth.tissues import TISSUES
 from theralake.synth.truth import image_row, patient_tables
 
@@ -113,13 +114,13 @@ def generate_patient(cfg: SynthConfig, index: int, out: Path) -> tuple[PatientTr
     pvs = []
     names = _label_names(pt)
     imaged: dict[int, int] = {}  # SPECT/CTs written so far per cycle
-    for s in render_sessions(pt, cfg.seed, cfg.small, cfg.spect_grids):
+    for s in render_sessions(pt, cfg.seed, cfg.small, cfg.spect_grids, cfg.projections):
         nth = n_imaged = 0
         if s.kind == "SPECT":
             nth = imaged[s.cycle] = imaged.get(s.cycle, 0) + 1
             n_imaged = sum(tp.imaged for tp in pt.cycles[s.cycle - 1].time_points)
         _write(cfg, pt, s, out, writes_contours(cfg.contours, s, nth, n_imaged))
-        if not s.pv.empty:
+        if not s.pv.empty and s.projections is None:  # the truth of a written recon
             pvs.append(s.pv)
         images.append(image_row(pt.patient_id, s.cycle, s.tag, "labels", "label",
                                 s.labels, s.ct_grid, names))
@@ -191,6 +192,8 @@ def generate_cohort(cfg: SynthConfig, out: Path, progress: bool = True, workers:
             bar.advance(task)
             log.info("wrote %s", patient_id)
     write_tables(out, cfg, clinical, outcomes, admins)
+    if cfg.projections:
+        write_phantoms(out / "phantoms", cfg.small, cfg.projections, cfg.seed)
     truth = out / "truth"
     truth.mkdir(exist_ok=True)
     for k, frames in acc.items():
@@ -204,6 +207,6 @@ def generate_cohort(cfg: SynthConfig, out: Path, progress: bool = True, workers:
                    "small": cfg.small, "time_points_h": list(cfg.time_points_h),
                    "missing_prob": cfg.missing_prob, "activity_gbq": cfg.activity_gbq,
                    "format": cfg.fmt, "contours": cfg.contours,
-                   "spect_grids": cfg.spect_grids},
+                   "spect_grids": cfg.spect_grids, "projections": cfg.projections},
     }, indent=2, default=str))
     return res

@@ -49,6 +49,7 @@ class SynthConfig:
     cycle_interval_d: float = 42.0
     contours: str = "all"
     spect_grids: str = "same"
+    projections: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,6 +91,11 @@ class SynthConfig:
         if self.contours not in CONTOURS:
             raise SynthConfigError(f"--contours must be one of {', '.join(CONTOURS)}, got "
                                    f"{self.contours!r}")
+        if self.projections and not 8 <= self.projections <= 360:
+            raise SynthConfigError(f"--views must be 8 to 360, got {self.projections}")
+        if self.projections and self.fmt != "dicom":
+            raise SynthConfigError("--projections are written as DICOM (NIfTI has no "
+                                   "projection format): use --format dicom")
         if self.spect_grids not in ("same", "varied"):
             raise SynthConfigError(f"--spect-grids must be 'same' or 'varied', got "
                                    f"{self.spect_grids!r}")

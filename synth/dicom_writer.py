@@ -37,6 +37,7 @@ from theralake.synth.fastdicom import (
 from theralake.synth.grid import Grid
 from theralake.synth.imaging import Session
 from theralake.synth.patient import N_PROJECTIONS, PatientTruth, voi_labels
+from theralake.synth.projections import projection_dataset, write_projections
 from theralake.synth.tissues import ORGAN_VOIS
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def _base(pt: PatientTruth, session: Session, uids: UidFactory, modality: str,
     return ds
 
 
-def _meta(ds: Dataset) -> None:
+def set_file_meta(ds: Dataset) -> None:
     fm = FileMetaDataset()
     fm.MediaStorageSOPClassUID = ds.SOPClassUID
     fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -114,7 +115,7 @@ def _meta(ds: Dataset) -> None:
     ds.file_meta = fm
 
 
-def _radiopharm(nuclide: Nuclide, name: str, start: dt.datetime, dose_bq: float) -> Dataset:
+def radiopharm_item(nuclide: Nuclide, name: str, start: dt.datetime, dose_bq: float) -> Dataset:
     item = Dataset()
     item.Radiopharmaceutical = name
     item.RadiopharmaceuticalStartTime = _tm(start)
@@ -219,7 +220,7 @@ def write_pet(pt: PatientTruth, session: Session, root: Path, uids: UidFactory) 
     ds.DeviceSerialNumber = "SYNPET01"
     pet = pt.pet
     ds.RadiopharmaceuticalInformationSequence = [
-        _radiopharm(GA68, "Ga-68 PSMA-11", pet.injection, pet.activity_mbq * 1e6)
+        radiopharm_item(GA68, "Ga-68 PSMA-11", pet.injection, pet.activity_mbq * 1e6)
     ]
     img = session.image
     vmax = img.reshape(img.shape[0], -1).max(axis=1)
@@ -278,7 +279,7 @@ def write_nm(pt: PatientTruth, session: Session, root: Path, uids: UidFactory) -
     ew.EnergyWindowRangeSequence = [rng_item]
     ds.EnergyWindowInformationSequence = [ew]
     ds.RadiopharmaceuticalInformationSequence = [
-        _radiopharm(LU177, "Lu-177 PSMA-617", cyc.administration, cyc.activity_mbq * 1e6)
+        radiopharm_item(LU177, "Lu-177 PSMA-617", cyc.administration, cyc.activity_mbq * 1e6)
     ]
     orient = Dataset()
     orient.CodeValue, orient.CodingSchemeDesignator, orient.CodeMeaning = (
@@ -286,10 +287,32 @@ def write_nm(pt: PatientTruth, session: Session, root: Path, uids: UidFactory) -
     ds.PatientOrientationCodeSequence = [orient]
     ds.PatientGantryRelationshipCodeSequence = []
     ds.PixelData = np.ascontiguousarray(session.image.astype(np.uint16)).tobytes()
-    _meta(ds)
+    set_file_meta(ds)
     folder = root / key / "NM"
     folder.mkdir(parents=True, exist_ok=True)
     dcmwrite(folder / "NM0001.dcm", ds, enforce_file_format=True)
+
+
+def write_nm_projections(pt: PatientTruth, session: Session, root: Path, uids: UidFactory
+                         ) -> None:
+    """The raw SPECT acquisition: NM tomographic projections of three energy windows."""
+    assert session.projections is not None
+    key = session.tag
+    cyc = pt.cycles[(session.cycle or 1) - 1]
+    ds = _base(pt, session, uids, "NM", 3, NuclearMedicineImageStorage, key, _describe(session))
+    ds.RadiopharmaceuticalInformationSequence = [
+        radiopharm_item(LU177, "Lu-177 PSMA-617", cyc.administration, cyc.activity_mbq * 1e6)]
+    orient = Dataset()
+    orient.CodeValue, orient.CodingSchemeDesignator, orient.CodeMeaning = (
+        "F-10450", "SRT", "recumbent")
+    ds.PatientOrientationCodeSequence = [orient]
+    ds.PatientGantryRelationshipCodeSequence = []
+    del ds.PatientPosition  # the NM image says it with the orientation codes instead
+    ds.Laterality = ""
+    ds = projection_dataset(ds, session.projections, camera=pt.camera,
+                            sop_uid=uids("sop", key, "NM"))
+    set_file_meta(ds)
+    write_projections(ds, root / key / "NM")
 
 
 _CODES = {
@@ -487,6 +510,8 @@ def write_session_dicom(pt: PatientTruth, session: Session, root: Path, seed: in
     ct = write_ct(pt, session, proot, uids)
     if session.kind == "PET":
         write_pet(pt, session, proot, uids)
+    elif session.projections is not None:
+        write_nm_projections(pt, session, proot, uids)
     else:
         write_nm(pt, session, proot, uids)
     if seg:

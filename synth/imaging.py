@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from theralake.ingest.spect_system import hu_to_mu
 from theralake.synth.anatomy import Anatomy, _displacement
 from theralake.synth.constants import LU177
 from theralake.synth.dose import MBQH_TO_BQS
@@ -31,6 +32,7 @@ from theralake.synth.patient import (
     pet_concentration_scale,
     voi_labels,
 )
+from theralake.synth.projections import PHOTOPEAK_KEV, Acquisition, acquire
 from theralake.synth.tissues import HU_LUT, HU_SD_LUT, LESION_BASE, ORGAN_VOIS
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Session:
     duration_s: float = 0.0
     noise_free: np.ndarray | None = None  # SPECT expected counts
     pv: pd.DataFrame = field(default_factory=pd.DataFrame)
+    projections: Acquisition | None = None  # the raw acquisition, when one is written
 
     @property
     def tag(self) -> str:
@@ -225,9 +228,10 @@ def spect_variant(spect_grids: str, index: int, n_time_points: int) -> str:
     return "fine" if index == 2 else "standard"
 
 
-def render_sessions(pt: PatientTruth, seed: int, small: bool, spect_grids: str = "same"
-                    ) -> Iterator[Session]:
-    """Yield the PET/CT and every imaged SPECT/CT of a patient."""
+def render_sessions(pt: PatientTruth, seed: int, small: bool, spect_grids: str = "same",
+                    views: int = 0) -> Iterator[Session]:
+    """Yield the PET/CT and every imaged SPECT/CT of a patient; with ``views`` each SPECT
+    also carries its acquisition (that many projections)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, pt.index, 7]))
     c1 = pt.cycles[0]
     assert c1.anatomy is not None, "render needs a rasterised anatomy"
@@ -255,9 +259,17 @@ def render_sessions(pt: PatientTruth, seed: int, small: bool, spect_grids: str =
             labels_sp = resample(labels, grid, sp_grid, order=0)
             pv = partial_volume_table(pt, cyc, tp, labels_sp, expected, pt.cps_per_mbq,
                                       duration)
+            acquisition = None
+            if views:
+                mbq = resample(conc, grid, sp_grid, order=1) * (sp_grid.voxel_volume_ml * 1e-6)
+                mu = resample(hu_to_mu(HU_LUT[labels], PHOTOPEAK_KEV), grid, sp_grid, order=1)
+                acquisition = acquire(mbq, mu, sp_grid, views=views,
+                                      frame_duration_s=tp.frame_duration_ms / 1000.0,
+                                      cps_per_mbq=pt.cps_per_mbq, rng=rng)
             yield Session("SPECT", pt.patient_id, cyc.cycle, tp, tp.acquisition, grid,
                           ct_image(labels, _lesion_hu(pt, cyc), rng), labels, sp_grid,
-                          np.clip(counts, 0, 65535).astype(np.uint16), duration, expected, pv)
+                          np.clip(counts, 0, 65535).astype(np.uint16), duration, expected, pv,
+                          acquisition)
 
 
 def pet_image(pt: PatientTruth, cyc: CycleTruth, labels: np.ndarray, weights: np.ndarray,

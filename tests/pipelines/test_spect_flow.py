@@ -1,0 +1,143 @@
+"""From projections to dose (issue 22): the synthetic cohort's raw SPECT acquisitions through
+`theralake ingest`, `calibrate` and `reconstruct`, then the dosimetry, against the truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+from debian_tools import install_debian
+from fixture_constants import TEST_KEY
+from typer.testing import CliRunner
+
+from theralake.dosimetry.patient import load_config, run_cycle
+from theralake.ingest.pseudonym import Pseudonymizer
+from theralake.ingest.reconstruction import ReconSettings
+from theralake.ingest.spect_step import (
+    compute_reconstruction,
+    read_acquisitions,
+    write_reconstruction,
+)
+from theralake.lake import Lake
+from theralake.pipelines.cli import app
+from theralake.synth.cohort import generate_cohort
+from theralake.synth.config import SynthConfig
+from theralake.synth.patient import CAMERAS
+
+RUNNER = CliRunner()
+RECON = ["--iterations", "8", "--subsets", "5"]
+ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spect_flow")
+    generate_cohort(SynthConfig(patients=1, cycles=1, seed=11, small=True, projections=30,
+                                time_points_h=(4.0, 48.0, 168.0)), out, progress=False)
+    lake = str(out / "lake")
+    pid = Pseudonymizer(key=TEST_KEY).patient_id("SYN0001")
+    steps = {"ingest": RUNNER.invoke(app, ["ingest", str(out), "--lake", lake, "--quiet"])}
+    spect_before = Lake(lake).sql("SELECT count(*) n FROM images WHERE kind = 'spect'").n[0]
+    steps["uncalibrated"] = RUNNER.invoke(app, ["reconstruct", "--patient", pid, "--lake", lake])
+    steps["calibrate"] = RUNNER.invoke(app, ["calibrate", str(out / "phantoms"), "--lake", lake,
+                                             "--json", *RECON])
+    steps["reconstruct"] = RUNNER.invoke(app, ["reconstruct", "--patient", pid, "--lake", lake,
+                                               "--json", *RECON])
+    return {"out": out, "lake": Lake(lake), "pid": pid, "spect_before": spect_before, **steps}
+
+
+def test_ingest_keeps_each_energy_window_and_leaves_the_phantoms(flow):
+    assert flow["ingest"].exit_code == 0, flow["ingest"].output
+    assert "4 phantom acquisition folder(s)" in flow["ingest"].output
+    lake = flow["lake"]
+    windows = lake.sql("SELECT role, count(*) n, count(DISTINCT image_id) images FROM "
+                       "projection_windows GROUP BY role ORDER BY role")
+    assert windows.to_dict("list") == {"role": ["photopeak", "scatter_lower", "scatter_upper"],
+                                       "n": [3, 3, 3], "images": [3, 3, 3]}
+    assert lake.sql("SELECT count(DISTINCT patient_id) n FROM images").n[0] == 1
+    views = lake.sql("SELECT shape FROM images WHERE kind = 'projections'")["shape"]
+    assert len(views) == 9 and all(list(s) == [104, 64, 30] for s in views)  # (z, r, angle)
+    assert flow["spect_before"] == 0
+
+
+def test_reconstruction_without_a_calibration_says_what_to_do(flow):
+    res = flow["uncalibrated"]
+    assert res.exit_code == 2
+    assert "no camera calibration" in res.output and "theralake calibrate" in res.output
+
+
+def test_calibration_finds_the_synthetic_cameras_sensitivity(flow):
+    assert flow["calibrate"].exit_code == 0, flow["calibrate"].output
+    result = json.loads(flow["calibrate"].output)
+    found = {c["camera"]: c["cps_per_mbq"] for c in result["calibrations"]}
+    assert found.keys() == CAMERAS.keys()
+    for camera, cps in found.items():
+        assert cps == pytest.approx(CAMERAS[camera], rel=0.02), camera
+    assert len(result["recovery"]) == 12
+    # the camera's serial number is a device identifier: the lake keeps a keyed hash of it
+    for table in ("camera_calibrations", "recovery_curves", "projection_windows"):
+        keys = set(flow["lake"].sql(f"SELECT DISTINCT camera_key FROM {table}").camera_key)
+        assert keys and not keys & set(CAMERAS), table
+
+
+def test_reconstructed_spects_carry_their_settings_and_lineage(flow):
+    assert flow["reconstruct"].exit_code == 0, flow["reconstruct"].output
+    lake = flow["lake"]
+    spects = lake.sql("SELECT id, time_h, units, resolution_fwhm_mm, frame_of_reference_key, "
+                      "input_ids FROM images WHERE kind = 'spect' ORDER BY time_h")
+    assert len(spects) == 3 and set(spects.units) == {"BQML"}
+    assert spects.resolution_fwhm_mm.between(8.0, 30.0).all()
+    recon = lake.sql("SELECT * FROM reconstructions ORDER BY time_h")
+    assert recon.image_id.tolist() == spects.id.tolist()
+    assert set(recon.method) == {"osem"} and set(recon.iterations) == {8}
+    assert set(recon.attenuation_correction) == {"ct"} and set(recon.scatter_correction) == {"tew"}
+    calibrations = set(lake.sql("SELECT id FROM camera_calibrations").id)
+    assert set(recon.calibration_id) <= calibrations
+    cts = lake.sql("SELECT id, frame_of_reference_key FROM images WHERE kind = 'ct'")
+    for s, r in zip(spects.to_dict("records"), recon.to_dict("records"), strict=True):
+        ct = cts[cts.id == r["ct_id"]]
+        assert ct.frame_of_reference_key.iloc[0] == s["frame_of_reference_key"]
+        assert r["ct_id"] in list(s["input_ids"]) and r["calibration_id"] in list(s["input_ids"])
+
+
+def test_dosimetry_on_the_reconstructions_meets_the_readme_bars(flow):
+    truth = pd.read_parquet(flow["out"] / "truth" / "dosimetry.parquet")
+    config = load_config(registration="rigid", method="ldm", voxel_model="mono",
+                         partial_volume={"method": "gtm"}, photon_reach_mm=0.0)
+    result = run_cycle(flow["lake"], flow["pid"], 1, config)
+    ours = pd.DataFrame(result.organ_rows).merge(truth[truth.cycle == 1], on="voi",
+                                                 suffixes=("", "_true")).set_index("voi")
+    error = ours.tia_mbq_h / ours.tia_mbq_h_true - 1
+    # the dosimetry README's bars: organ TIA within 10 %; the body's activity within 10 %
+    for voi in ORGANS:
+        assert abs(error[voi]) < 0.10, (voi, error[voi])
+    assert abs(error["body"]) < 0.10, error["body"]
+
+
+def test_a_second_reconstruction_adds_nothing_and_an_unknown_collimator_is_named(flow):
+    lake, pid = flow["lake"], flow["pid"]
+    before = lake.counts()
+    inputs = read_acquisitions(lake, pid, 1)[-1]
+    write_reconstruction(lake, inputs, compute_reconstruction(
+        inputs, ReconSettings(iterations=8, subsets=5)))
+    assert lake.counts() == before
+    bad = RUNNER.invoke(app, ["reconstruct", "--patient", pid, "--lake", str(lake.path),
+                              "--collimator", "NOPE-HR"])
+    assert bad.exit_code == 2 and "'NOPE-HR'" in bad.output
+
+
+def test_dciodvfy_finds_no_error_in_the_projection_files(flow):
+    why = install_debian("dicom3tools", "dciodvfy")
+    if why:
+        pytest.skip(why)
+    files = sorted(flow["out"].rglob("NM_TOMO.dcm"))
+    assert len(files) == 3 + 4  # three time points, two cameras' two phantoms
+    for path in files:
+        done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
+                              timeout=120)
+        report = done.stdout + done.stderr
+        errors = [line for line in report.splitlines() if line.startswith("Error")]
+        assert done.returncode == 0 and not errors, (path, report)
+        assert "NMImage" in report
