@@ -227,7 +227,8 @@ def write_reconstruction(lake: Lake, inputs: AcquisitionInputs, result: ReconRes
         "cps_per_mbq": result.cps_per_mbq, "calibration_id": calibration_id, "ct_id": ct_id,
         "input_ids": image["input_ids"], "params_hash": params,
     }
-    quality = [rows.quality_row(pid, cycle, STEP, check, status, message, params,
+    quality = [rows.quality_row(pid, cycle, STEP, check, status,
+                                f"acquisition at {time_h:g} h: {message}", params,
                                 image_id=image["id"])
                for check, status, message in result.findings]
     with lake.batch():

@@ -256,7 +256,8 @@ def run_command(
     source: Annotated[Path | None, typer.Option(
         help="folder to ingest (one sub-folder per patient, tables at the top)")] = None,
     steps: Annotated[str | None, typer.Option(
-        help="comma-separated steps: ingest,dosimetry,features,train (default: all)")] = None,
+        help="comma-separated steps: ingest,calibrate,reconstruct,dosimetry,features,train "
+        "(default: all)")] = None,
     engine: Annotated[str, typer.Option(help="local (process pool) | ray")] = "local",
     workers: Annotated[int, typer.Option(help="parallel tasks")] = 2,
     address: Annotated[str | None, typer.Option(

@@ -66,9 +66,9 @@ class RunSummary:
 
     def table(self) -> str:
         lines = [f"run {self.run_id} ({self.engine}, {self.workers} worker(s))",
-                 f"{'step':<10}{'tasks':>6}{'skipped':>8}{'done':>6}{'failed':>7}"
+                 f"{'step':<12}{'tasks':>6}{'skipped':>8}{'done':>6}{'failed':>7}"
                  f"{'retried':>8}{'seconds':>9}"]
-        lines += [f"{s.step:<10}{s.planned:>6}{s.skipped:>8}{s.done:>6}{s.failed:>7}"
+        lines += [f"{s.step:<12}{s.planned:>6}{s.skipped:>8}{s.done:>6}{s.failed:>7}"
                   f"{s.retried:>8}{s.seconds:>9.1f}" for s in self.steps]
         lines += [f"failed {task}: {err.splitlines()[0]}" for task, err in self.failures]
         return "\n".join(lines)
@@ -157,7 +157,7 @@ def _run_step(lake: Lake, step: str, settings: dict, source: Path | None, backen
     stats.skipped = len(skipped)
     unit = "patient-cycles" if step == "dosimetry" else "patients" if step == "features" \
         else "tasks"
-    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
                TextColumn(unit), TimeElapsedColumn(), TextColumn("left"),
                TimeRemainingColumn(), TextColumn("{task.fields[stage]}"))
     with Progress(*columns, disable=not progress, transient=False) as bar:

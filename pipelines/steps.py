@@ -4,6 +4,9 @@ inputs and settings, and how one task runs.
 - ``ingest``: one task per top-level folder of the source (a patient's folder, usually), with
   the source's top-level tables (clinical, outcomes, administrations, calibration, mapping);
   then one task for the tables alone (patients without images).
+- ``calibrate``: one task for the source's phantom acquisitions (folders with a
+  ``phantom.json``), reconstructed with the ``reconstruct`` settings.
+- ``reconstruct``: one task per patient-cycle with SPECT projections.
 - ``dosimetry``: one task per patient-cycle with SPECT; cycle c waits for cycle c-1 (its
   cumulative BED).
 - ``features``: one task per patient (deltas across cycles need them all).
@@ -26,17 +29,21 @@ from pathlib import Path
 import pandas as pd
 
 from theralake.dosimetry.settings import config_hash, record_config
-from theralake.ingest.errors import printable
+from theralake.ingest.errors import IngestError, printable
+from theralake.ingest.phantom_calibration import find_phantoms
 from theralake.ingest.pseudonym import Pseudonymizer
+from theralake.ingest.reconstruction import ReconstructionError
+from theralake.ingest.spect_system import UnknownCollimator
 from theralake.lake import Lake, stable_hash
 from theralake.lake.views import cycle_input_ids
 from theralake.pipelines.cycle import dosimetry_cycle, dosimetry_settings
+from theralake.pipelines.spect import calibrate, recon_settings, reconstruct_cycle
 from theralake.settings import deep_merge
 
-STEPS = ("ingest", "dosimetry", "features", "train")
+STEPS = ("ingest", "calibrate", "reconstruct", "dosimetry", "features", "train")
 #: steps whose tasks run one after the other in the driver (MLflow's SQLite store takes one
 #: writer); the others go to the engine's workers
-SERIAL_STEPS = ("train",)
+SERIAL_STEPS = ("train", "calibrate")
 
 
 class TaskFailed(RuntimeError):
@@ -146,6 +153,55 @@ def pseudonymous(message: str, params: dict) -> str:
     return out
 
 
+# -- SPECT -----------------------------------------------------------------------------------
+def _plan_calibrate(lake: Lake, settings: dict, source: Path | None) -> list[Task]:
+    if source is None or not Path(source).is_dir():
+        return []
+    root = Path(source).resolve()
+    folders = find_phantoms([root])
+    if not folders:
+        return []
+    files = [f for folder in folders for f in sorted(folder.iterdir()) if f.is_file()]
+    options = recon_settings(settings.get("reconstruct")).as_dict()
+    return [Task("calibrate", "calibrate/(phantoms)",
+                 stable_hash("calibrate", files_hash(root, files), options),
+                 {"folders": [str(f) for f in folders], "reconstruct": options})]
+
+
+def _run_calibrate(lake: Lake, params: dict) -> None:
+    try:
+        calibrate(lake, [Path(f) for f in params["folders"]],
+                  recon_settings(params["reconstruct"]))
+    except (IngestError, ReconstructionError, UnknownCollimator) as exc:
+        raise TaskFailed(str(exc)) from exc
+
+
+def _plan_reconstruct(lake: Lake, settings: dict, source: Path | None) -> list[Task]:
+    windows = lake.sql("SELECT patient_id, cycle, id FROM projection_windows "
+                       "WHERE cycle IS NOT NULL")
+    if windows.empty:
+        return []
+    options = recon_settings(settings.get("reconstruct")).as_dict()
+    calibration = sorted(lake.sql("SELECT id FROM camera_calibrations UNION ALL "
+                                  "SELECT id FROM recovery_curves").id)
+    cts = lake.sql("SELECT patient_id, cycle, id FROM images WHERE kind = 'ct'")
+    tasks = []
+    for (pid, cyc), group in windows.groupby(["patient_id", "cycle"]):
+        ct_ids = sorted(cts[(cts.patient_id == pid) & (cts.cycle == cyc)].id)
+        tasks.append(Task("reconstruct", f"reconstruct/{pid}/{int(cyc)}", stable_hash(
+            "reconstruct", options, sorted(group.id), ct_ids, calibration),
+            {"patient_id": pid, "cycle": int(cyc), "reconstruct": options}, pid, int(cyc)))
+    return tasks
+
+
+def _run_reconstruct(lake: Lake, params: dict) -> None:
+    try:
+        reconstruct_cycle(lake, params["patient_id"], params["cycle"],
+                          recon_settings(params["reconstruct"]))
+    except (ReconstructionError, UnknownCollimator) as exc:
+        raise TaskFailed(str(exc)) from exc
+
+
 # -- dosimetry -------------------------------------------------------------------------------
 def _dosimetry_settings(lake: Lake, settings: dict) -> dict:
     opts = settings.get("dosimetry") or {}
@@ -232,10 +288,11 @@ def _run_train(lake: Lake, params: dict) -> None:
         raise TaskFailed(str(exc)) from exc
 
 
-_PLANNERS = {"ingest": _plan_ingest, "dosimetry": _plan_dosimetry, "features": _plan_features,
-             "train": _plan_train}
-_RUNNERS = {"ingest": _run_ingest, "dosimetry": _run_dosimetry, "features": _run_features,
-            "train": _run_train}
+_PLANNERS = {"ingest": _plan_ingest, "calibrate": _plan_calibrate,
+             "reconstruct": _plan_reconstruct, "dosimetry": _plan_dosimetry,
+             "features": _plan_features, "train": _plan_train}
+_RUNNERS = {"ingest": _run_ingest, "calibrate": _run_calibrate, "reconstruct": _run_reconstruct,
+            "dosimetry": _run_dosimetry, "features": _run_features, "train": _run_train}
 
 
 def done_tasks(lake: Lake) -> pd.DataFrame:

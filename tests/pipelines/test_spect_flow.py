@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pandas as pd
@@ -14,20 +15,17 @@ from typer.testing import CliRunner
 
 from theralake.dosimetry.patient import load_config, run_cycle
 from theralake.ingest.pseudonym import Pseudonymizer
-from theralake.ingest.reconstruction import ReconSettings
-from theralake.ingest.spect_step import (
-    compute_reconstruction,
-    read_acquisitions,
-    write_reconstruction,
-)
 from theralake.lake import Lake
 from theralake.pipelines.cli import app
+from theralake.pipelines.runner import load_pipeline_settings, run_pipeline
+from theralake.pipelines.steps import plan
 from theralake.synth.cohort import generate_cohort
 from theralake.synth.config import SynthConfig
 from theralake.synth.patient import CAMERAS
 
 RUNNER = CliRunner()
 RECON = ["--iterations", "8", "--subsets", "5"]
+SETTINGS = load_pipeline_settings(reconstruct={"iterations": 8, "subsets": 5})
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 
 
@@ -43,8 +41,7 @@ def flow(tmp_path_factory):
     steps["uncalibrated"] = RUNNER.invoke(app, ["reconstruct", "--patient", pid, "--lake", lake])
     steps["calibrate"] = RUNNER.invoke(app, ["calibrate", str(out / "phantoms"), "--lake", lake,
                                              "--json", *RECON])
-    steps["reconstruct"] = RUNNER.invoke(app, ["reconstruct", "--patient", pid, "--lake", lake,
-                                               "--json", *RECON])
+    steps["run"] = run_pipeline(Lake(lake), ["reconstruct"], None, "local", 1, settings=SETTINGS)
     return {"out": out, "lake": Lake(lake), "pid": pid, "spect_before": spect_before, **steps}
 
 
@@ -83,7 +80,8 @@ def test_calibration_finds_the_synthetic_cameras_sensitivity(flow):
 
 
 def test_reconstructed_spects_carry_their_settings_and_lineage(flow):
-    assert flow["reconstruct"].exit_code == 0, flow["reconstruct"].output
+    assert [(s.step, s.planned, s.done, s.failed) for s in flow["run"].steps] == \
+        [("reconstruct", 1, 1, 0)]
     lake = flow["lake"]
     spects = lake.sql("SELECT id, time_h, units, resolution_fwhm_mm, frame_of_reference_key, "
                       "input_ids FROM images WHERE kind = 'spect' ORDER BY time_h")
@@ -116,13 +114,38 @@ def test_dosimetry_on_the_reconstructions_meets_the_readme_bars(flow):
     assert abs(error["body"]) < 0.10, error["body"]
 
 
-def test_a_second_reconstruction_adds_nothing_and_an_unknown_collimator_is_named(flow):
-    lake, pid = flow["lake"], flow["pid"]
+def test_a_second_run_skips_the_unchanged_patient_cycle(flow):
+    lake = flow["lake"]
     before = lake.counts()
-    inputs = read_acquisitions(lake, pid, 1)[-1]
-    write_reconstruction(lake, inputs, compute_reconstruction(
-        inputs, ReconSettings(iterations=8, subsets=5)))
-    assert lake.counts() == before
+    again = run_pipeline(lake, ["reconstruct"], None, "local", 1, settings=SETTINGS)
+    assert [(s.planned, s.skipped, s.done) for s in again.steps] == [(1, 1, 0)]
+    assert lake.counts()["images"] == before["images"]
+
+
+def test_the_command_reports_each_reconstruction_and_its_warnings(flow, tmp_path):
+    """`theralake reconstruct` on a copy of the lake, one iteration (fast): the settings no
+    NEMA curve was measured with leave the SPECT without a resolution, and it says so."""
+    copy = tmp_path / "lake"
+    shutil.copytree(flow["lake"].path, copy)
+    res = RUNNER.invoke(app, ["reconstruct", "--patient", flow["pid"], "--cycle", "1",
+                              "--lake", str(copy), "--iterations", "1", "--subsets", "1",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert [r["time_h"] for r in out["reconstructions"]] == sorted(
+        r["time_h"] for r in out["reconstructions"])
+    assert len(out["reconstructions"]) == 3
+    for r in out["reconstructions"]:
+        assert r["cps_per_mbq"] == pytest.approx(CAMERAS["SYNCAM01"], rel=0.02) or \
+            r["cps_per_mbq"] == pytest.approx(CAMERAS["SYNCAM02"], rel=0.02)
+        assert any("no NEMA recovery curve" in w for w in r["warnings"]), r
+    quality = Lake(copy).sql("SELECT count(*) n FROM quality WHERE step = 'reconstruct' AND "
+                             "\"check\" = 'resolution'").n[0]
+    assert quality == 3
+
+
+def test_an_unknown_collimator_is_named(flow):
+    lake, pid = flow["lake"], flow["pid"]
     bad = RUNNER.invoke(app, ["reconstruct", "--patient", pid, "--lake", str(lake.path),
                               "--collimator", "NOPE-HR"])
     assert bad.exit_code == 2 and "'NOPE-HR'" in bad.output
@@ -141,3 +164,15 @@ def test_dciodvfy_finds_no_error_in_the_projection_files(flow):
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert done.returncode == 0 and not errors, (path, report)
         assert "NMImage" in report
+
+
+def test_the_run_plans_one_calibration_of_the_sources_phantoms(flow):
+    settings = load_pipeline_settings(reconstruct={"iterations": 8, "subsets": 5})
+    tasks = plan("calibrate", flow["lake"], settings, flow["out"])
+    assert [t.key for t in tasks] == ["calibrate/(phantoms)"]
+    assert sorted(p.rsplit("/", 1)[1] for p in tasks[0].params["folders"]) == [
+        "SYNCAM01_cylinder", "SYNCAM01_nema_iec", "SYNCAM02_cylinder", "SYNCAM02_nema_iec"]
+    assert tasks[0].params["reconstruct"]["iterations"] == 8
+    other = plan("calibrate", flow["lake"], load_pipeline_settings(), flow["out"])
+    assert other[0].inputs_hash != tasks[0].inputs_hash  # the settings are in the hash
+    assert plan("calibrate", flow["lake"], settings, None) == []
