@@ -21,6 +21,7 @@ from theralake.ingest.reconstruction import (
     scatter_estimate,
 )
 from theralake.ingest.spect_system import Geometry, collimator_code, hu_to_mu
+from theralake.ingest.view_synthesis import ViewSynthesizer, interpolate_views
 from theralake.lake import Lake, Volume, rows, stable_hash, views
 
 STEP = "reconstruct"
@@ -61,6 +62,9 @@ class ReconResult:
     scatter: str
     attenuation: str
     resolution_fwhm_mm: float | None = None
+    views: int = 0  # reconstructed from (acquired and synthesised)
+    acquired_views: int = 0
+    view_model: str | None = None  # the network that synthesised the views between
     findings: list[tuple[str, str, str]] = field(default_factory=list)  # check, status, message
 
 
@@ -124,9 +128,38 @@ def _mu_map(ct: dict, geometry: Geometry, energy_kev: float) -> np.ndarray:
     return hu_to_mu(sitk.GetArrayFromImage(hu), energy_kev)
 
 
+@dataclass(frozen=True)
+class ViewModel:
+    """A view synthesis network and the name it is known by (registry name and version)."""
+
+    synthesizer: ViewSynthesizer
+    name: str
+
+
+def _with_synthesised_views(inputs: AcquisitionInputs, model: ViewModel,
+                            findings: list[tuple[str, str, str]]
+                            ) -> tuple[dict[str, np.ndarray], Geometry]:
+    """The photopeak's views filled in by the network, the scatter windows' by linear
+    interpolation (smooth, few counts), on the finer orbit."""
+    factor = model.synthesizer.config.factor
+    try:
+        geometry = inputs.geometry.finer(factor)
+    except ValueError as exc:
+        raise ReconstructionError(f"patient {inputs.patient_id} cycle {inputs.cycle}: {exc}"
+                                  ) from exc
+    filled = {role: model.synthesizer.fill(v) if role == "photopeak" else
+             interpolate_views(v, factor) for role, v in inputs.views.items()}
+    n = len(inputs.geometry.angles_deg)
+    findings.append(("view_synthesis", "pass", f"{n * factor - n} of {n * factor} views "
+                     f"synthesised from the {n} acquired by {model.name}"))
+    return filled, geometry
+
+
 def compute_reconstruction(inputs: AcquisitionInputs, settings: ReconSettings,
-                           cps_per_mbq: float | None = None) -> ReconResult:
-    """Reconstruct one acquisition in Bq/mL (pure: no lake).
+                           cps_per_mbq: float | None = None,
+                           view_model: ViewModel | None = None) -> ReconResult:
+    """Reconstruct one acquisition in Bq/mL (pure: no lake); with ``view_model`` from its
+    views and those the network synthesises between them.
 
     Raises:
         ReconstructionError: no sensitivity for the camera, or no CT where attenuation
@@ -143,8 +176,10 @@ def compute_reconstruction(inputs: AcquisitionInputs, settings: ReconSettings,
             f"{where}: no camera calibration for its camera, {settings.photopeak_kev:g} keV "
             f"and collimator {settings.collimator}: run `theralake calibrate` on a phantom "
             "acquisition of this camera, or give --cps-per-mbq")
-    findings = []
-    geometry = inputs.geometry
+    findings: list[tuple[str, str, str]] = []
+    geometry, acquired = inputs.geometry, inputs.views
+    if view_model is not None:
+        acquired, geometry = _with_synthesised_views(inputs, view_model, findings)
     mu = None
     if settings.attenuation:
         if inputs.ct is None:
@@ -158,9 +193,9 @@ def compute_reconstruction(inputs: AcquisitionInputs, settings: ReconSettings,
     scatter, how = None, "none"
     if settings.scatter:
         widths = {r.role: float(r.upper_kev - r.lower_kev) for r in inputs.windows.itertuples()}
-        scatter, how, more = scatter_estimate(inputs.views, widths)
+        scatter, how, more = scatter_estimate(acquired, widths)
         findings += more
-    counts = reconstruct(geometry, inputs.views["photopeak"], mu_per_cm=mu, scatter=scatter,
+    counts = reconstruct(geometry, acquired["photopeak"], mu_per_cm=mu, scatter=scatter,
                          settings=settings)
     voxel_ml = (geometry.pixel_mm / 10.0) ** 3
     bq_ml = counts_to_bq_per_ml(counts, cps_per_mbq=float(sensitivity),
@@ -169,7 +204,9 @@ def compute_reconstruction(inputs: AcquisitionInputs, settings: ReconSettings,
     volume = Volume(bq_ml, (geometry.pixel_mm,) * 3, geometry.origin_mm)
     return ReconResult(volume, settings, float(sensitivity), how,
                        "ct" if mu is not None else "none",
-                       _resolution(inputs.recovery, settings, findings), findings)
+                       _resolution(inputs.recovery, settings, findings),
+                       len(geometry.angles_deg), len(inputs.geometry.angles_deg),
+                       view_model.name if view_model else None, findings)
 
 
 def _resolution(curves: pd.DataFrame, settings: ReconSettings,
@@ -194,7 +231,8 @@ def write_reconstruction(lake: Lake, inputs: AcquisitionInputs, result: ReconRes
     s = result.settings
     calibration_id = (inputs.calibration or {}).get("id") if result.cps_per_mbq == \
         (inputs.calibration or {}).get("cps_per_mbq") else None
-    params = stable_hash(STEP, s.as_dict(), result.cps_per_mbq, calibration_id)
+    params = stable_hash(STEP, s.as_dict(), result.cps_per_mbq, calibration_id,
+                         *([result.view_model] if result.view_model else []))
     sources = sorted(r["id"] for r in inputs.images.values())
     ct_id = inputs.ct["id"] if inputs.ct is not None and result.attenuation == "ct" else None
     pid, cycle, time_h = inputs.patient_id, inputs.cycle, inputs.time_h
@@ -222,7 +260,9 @@ def write_reconstruction(lake: Lake, inputs: AcquisitionInputs, result: ReconRes
         "camera_key": peak["camera_key"], "nuclide": peak_image["nuclide"],
         "photopeak_kev": s.photopeak_kev, "collimator": s.collimator, "method": s.method,
         "iterations": s.iterations, "subsets": s.subsets,
-        "beta": s.beta if s.method == "bsrem" else None, "views": len(peak["angles_deg"]),
+        "beta": s.beta if s.method == "bsrem" else None,
+        "views": result.views, "acquired_views": result.acquired_views,
+        "view_model": result.view_model,
         "attenuation_correction": result.attenuation, "scatter_correction": result.scatter,
         "cps_per_mbq": result.cps_per_mbq, "calibration_id": calibration_id, "ct_id": ct_id,
         "input_ids": image["input_ids"], "params_hash": params,

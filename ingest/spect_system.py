@@ -112,6 +112,27 @@ class Geometry:
     def grid_shape_zyx(self) -> tuple[int, int, int]:
         return (self.rows, self.bins, self.bins)
 
+    def finer(self, factor: int) -> Geometry:
+        """The geometry with ``factor`` times the views of this uniformly sampled orbit (the
+        radii interpolated linearly between neighbouring views).
+
+        Raises:
+            ValueError: the views are not evenly spaced over 360 degrees.
+        """
+        n = len(self.angles_deg)
+        step = 360.0 / n
+        offsets = (np.asarray(self.angles_deg) - self.angles_deg[0] + 1e-6) % 360.0
+        if not np.allclose(np.sort(offsets), np.arange(n) * step, atol=1e-3):
+            raise ValueError(f"{n} views not evenly spaced over 360 degrees: views cannot be "
+                             "synthesised between them")
+        w = np.arange(factor) / factor
+        radii = np.asarray(self.radii_mm, float)
+        finer_radii = ((1 - w)[None, :] * radii[:, None]
+                       + w[None, :] * np.roll(radii, -1)[:, None]).ravel()
+        angles = self.angles_deg[0] + np.arange(n * factor) * step / factor
+        return Geometry(angles_deg=angles % 360.0, radii_mm=finer_radii, bins=self.bins,
+                        rows=self.rows, pixel_mm=self.pixel_mm, origin_mm=self.origin_mm)
+
     def subset(self, keep: np.ndarray) -> Geometry:
         """The geometry of some of the views (``keep`` indexes or masks them)."""
         return Geometry(angles_deg=self.angles_deg[keep], radii_mm=self.radii_mm[keep],

@@ -345,7 +345,9 @@ SCHEMAS.update({
         pa.field("time_h", _f64),
         _ACQUISITION_COLUMNS,
         _RECON_COLUMNS,
-        pa.field("views", _i64),
+        pa.field("views", _i64),  # reconstructed from
+        pa.field("acquired_views", _i64),  # of them acquired (the others synthesised)
+        pa.field("view_model", _str),  # the view synthesis network (registered name@version)
         pa.field("attenuation_correction", _str),  # ct | none
         pa.field("scatter_correction", _str),  # tew | dew | none
         pa.field("cps_per_mbq", _f64),

@@ -29,6 +29,7 @@ from theralake.lake.migrate import migrate
 from theralake.modeling.cli import register as register_modeling
 from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
+from theralake.modeling.view_synthesis_training import register as register_view_training
 from theralake.pipelines.dosimetry_cli import register as register_dosimetry_run
 from theralake.pipelines.quality import quality_line
 from theralake.pipelines.report import register as register_report
@@ -45,6 +46,7 @@ register_dosimetry_run(app)
 register_synth(app)
 register_segmentation_training(app)
 register_registration_training(app)
+register_view_training(app)
 register_features(app)
 register_modeling(app)
 register_report(app)

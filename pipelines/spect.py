@@ -16,15 +16,17 @@ from theralake.ingest.phantom_calibration import (
     recovery_rows,
     sensitivity,
 )
-from theralake.ingest.pseudonym import lake_pseudonymizer
+from theralake.ingest.pseudonym import Pseudonymizer, lake_pseudonymizer
 from theralake.ingest.reconstruction import ReconSettings
 from theralake.ingest.records import camera_key
 from theralake.ingest.spect_step import (
+    ViewModel,
     compute_reconstruction,
     read_acquisitions,
     write_reconstruction,
 )
 from theralake.lake import Lake, views
+from theralake.modeling.view_synthesis_training import load_view_synthesizer
 
 #: the spheres the resolution is fitted to: an iterative reconstruction's point-spread function
 #: is no Gaussian (its tails recover small spheres less than any Gaussian that fits large ones),
@@ -33,23 +35,26 @@ RESOLUTION_MIN_DIAMETER_MM = 22.0
 
 
 def recon_settings(options: dict | None) -> ReconSettings:
-    """Reconstruction settings from a settings mapping (``theralake run``'s ``reconstruct``)."""
+    """Reconstruction settings from a settings mapping (``theralake run``'s ``reconstruct``;
+    its ``views_model`` is read by :func:`view_model`)."""
     keys = ("method", "iterations", "subsets", "beta")
     return ReconSettings(**{k: v for k, v in (options or {}).items() if k in keys})
 
 
 def calibrate(lake: Lake, folders: list[Path], settings: ReconSettings, *, new_key: bool = False,
+              pseudonymizer: Pseudonymizer | None = None,
               on_done: Callable[[], None] | None = None) -> tuple[list[dict], list[dict], dict]:
     """Calibrate the phantom acquisitions of ``folders`` (cylinders first: the sensitivities,
     then the NEMA IEC phantoms with them) and write the rows in one commit; returns the
-    ``camera_calibrations`` and ``recovery_curves`` rows and each camera's key.
+    ``camera_calibrations`` and ``recovery_curves`` rows and each camera's key (keyed with
+    ``pseudonymizer``, default the lake's).
 
     Raises:
         IngestError: an unreadable phantom, or a NEMA IEC phantom of a camera without a
             sensitivity (in this batch or the lake).
     """
     acqs = [read_phantom_acquisition(f) for f in folders]
-    pseudo = lake_pseudonymizer(lake, new_key)
+    pseudo = pseudonymizer or lake_pseudonymizer(lake, new_key)
     keys = {a.camera: camera_key(pseudo, a.camera) for a in acqs}
     calibrations: list[dict] = []
     curves: list[dict] = []
@@ -85,18 +90,28 @@ def _curve(lake: Lake, acq: PhantomAcquisition, settings: ReconSettings, key: st
     return recovery_rows(acq, settings, cal, [s | {"resolution_fwhm_mm": fwhm} for s in spheres])
 
 
+def view_model(lake: Lake, spec: str | None) -> ViewModel | None:
+    """The view synthesis network of a setting (a weights folder or ``name[@alias]`` in the
+    lake's registry), or None."""
+    if not spec:
+        return None
+    synthesizer, name = load_view_synthesizer(lake, spec)
+    return ViewModel(synthesizer, name)
+
+
 def reconstruct_cycle(lake: Lake, patient_id: str, cycle: int, settings: ReconSettings, *,
                       photopeak_kev: float = 208.4, cps_per_mbq: float | None = None,
-                      collimator: str | None = None,
+                      collimator: str | None = None, views: ViewModel | None = None,
                       on_done: Callable[[dict, list[str]], None] | None = None) -> list[dict]:
-    """Reconstruct every acquisition of a patient-cycle; returns the SPECT image rows (no
-    voxels). ``on_done(image, warnings)`` hears each as it is written."""
+    """Reconstruct every acquisition of a patient-cycle (with ``views``, from its views and
+    those the network synthesises); returns the SPECT image rows (no voxels).
+    ``on_done(image, findings)`` hears each as it is written."""
     written = []
     for inputs in read_acquisitions(lake, patient_id, cycle, photopeak_kev=photopeak_kev,
                                     cps_per_mbq=cps_per_mbq, collimator=collimator):
-        result = compute_reconstruction(inputs, settings, cps_per_mbq)
+        result = compute_reconstruction(inputs, settings, cps_per_mbq, views)
         image = write_reconstruction(lake, inputs, result)
         written.append(image)
         if on_done:
-            on_done(image, [m for _, _, m in result.findings])
+            on_done(image, [m for _, status, m in result.findings if status != "pass"])
     return written

@@ -17,14 +17,15 @@ from theralake.ingest.pseudonym import PseudonymKeyError
 from theralake.ingest.reconstruction import ReconSettings, ReconstructionError
 from theralake.ingest.spect_system import UnknownCollimator
 from theralake.lake import Lake, LakeError, views
-from theralake.pipelines.spect import calibrate, reconstruct_cycle
+from theralake.pipelines.spect import calibrate, reconstruct_cycle, view_model
+from theralake.registry.tracking import ModelNotFoundError
 
 Method = Annotated[str, typer.Option("--method", help="osem or bsrem")]
 Iterations = Annotated[int, typer.Option("--iterations", help="iterations")]
 Subsets = Annotated[int, typer.Option("--subsets", help="subsets (views split into)")]
 Beta = Annotated[float, typer.Option("--beta", help="BSREM relative-difference prior weight")]
 ERRORS = (IngestError, ReconstructionError, UnknownCollimator, PseudonymKeyError, LakeError,
-          FileNotFoundError)
+          FileNotFoundError, ModelNotFoundError)
 
 
 def _fail(message: object) -> None:
@@ -94,6 +95,10 @@ def register(app: typer.Typer) -> None:
         cps_per_mbq: Annotated[float | None, typer.Option(
             "--cps-per-mbq", help="camera sensitivity (one view) instead of the lake's "
             "calibration")] = None,
+        views_model: Annotated[str | None, typer.Option(
+            "--views-model", help="synthesise the views between those acquired with this "
+            "network: a weights folder or name[@alias] in the lake's registry (theralake "
+            "train-views)")] = None,
         attenuation: Annotated[bool, typer.Option(
             "--attenuation/--no-attenuation", help="CT-based attenuation correction")] = True,
         scatter: Annotated[bool, typer.Option(
@@ -106,6 +111,7 @@ def register(app: typer.Typer) -> None:
             the_lake = Lake(lake, create=False)
             settings = ReconSettings(method=method, iterations=iterations, subsets=subsets,
                                      beta=beta, attenuation=attenuation, scatter=scatter)
+            network = view_model(the_lake, views_model)
             cycles = [cycle] if cycle is not None else sorted(
                 {int(c) for c in views.acquisitions(the_lake, patient).cycle.dropna()})
             with Progress(disable=quiet or as_json, transient=True) as progress:
@@ -122,7 +128,7 @@ def register(app: typer.Typer) -> None:
                 for c in cycles:
                     reconstruct_cycle(the_lake, patient, c, settings,
                                       photopeak_kev=photopeak_kev, cps_per_mbq=cps_per_mbq,
-                                      collimator=collimator, on_done=done)
+                                      collimator=collimator, views=network, on_done=done)
         except ERRORS as exc:
             _fail(exc)
         if not written:

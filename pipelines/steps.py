@@ -37,7 +37,8 @@ from theralake.ingest.spect_system import UnknownCollimator
 from theralake.lake import Lake, stable_hash
 from theralake.lake.views import cycle_input_ids
 from theralake.pipelines.cycle import dosimetry_cycle, dosimetry_settings
-from theralake.pipelines.spect import calibrate, recon_settings, reconstruct_cycle
+from theralake.pipelines.spect import calibrate, recon_settings, reconstruct_cycle, view_model
+from theralake.registry.tracking import ModelNotFoundError
 from theralake.settings import deep_merge
 
 STEPS = ("ingest", "calibrate", "reconstruct", "dosimetry", "features", "train")
@@ -185,20 +186,25 @@ def _plan_reconstruct(lake: Lake, settings: dict, source: Path | None) -> list[T
     calibration = sorted(lake.sql("SELECT id FROM camera_calibrations UNION ALL "
                                   "SELECT id FROM recovery_curves").id)
     cts = lake.sql("SELECT patient_id, cycle, id FROM images WHERE kind = 'ct'")
+    network = (settings.get("reconstruct") or {}).get("views_model")
     tasks = []
     for (pid, cyc), group in windows.groupby(["patient_id", "cycle"]):
         ct_ids = sorted(cts[(cts.patient_id == pid) & (cts.cycle == cyc)].id)
         tasks.append(Task("reconstruct", f"reconstruct/{pid}/{int(cyc)}", stable_hash(
-            "reconstruct", options, sorted(group.id), ct_ids, calibration),
-            {"patient_id": pid, "cycle": int(cyc), "reconstruct": options}, pid, int(cyc)))
+            "reconstruct", options, sorted(group.id), ct_ids, calibration,
+            *([network] if network else [])),
+            {"patient_id": pid, "cycle": int(cyc), "reconstruct": options,
+             "views_model": network}, pid, int(cyc)))
     return tasks
 
 
 def _run_reconstruct(lake: Lake, params: dict) -> None:
     try:
         reconstruct_cycle(lake, params["patient_id"], params["cycle"],
-                          recon_settings(params["reconstruct"]))
-    except (ReconstructionError, UnknownCollimator) as exc:
+                          recon_settings(params["reconstruct"]),
+                          views=view_model(lake, params.get("views_model")))
+    except (ReconstructionError, UnknownCollimator, ModelNotFoundError,
+            FileNotFoundError) as exc:
         raise TaskFailed(str(exc)) from exc
 
 

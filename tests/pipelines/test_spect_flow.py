@@ -67,7 +67,7 @@ def test_reconstruction_without_a_calibration_says_what_to_do(flow):
 
 def test_calibration_finds_the_synthetic_cameras_sensitivity(flow):
     assert flow["calibrate"].exit_code == 0, flow["calibrate"].output
-    result = json.loads(flow["calibrate"].output)
+    result = json.loads(flow["calibrate"].stdout)
     found = {c["camera"]: c["cps_per_mbq"] for c in result["calibrations"]}
     assert found.keys() == CAMERAS.keys()
     for camera, cps in found.items():
@@ -131,7 +131,7 @@ def test_the_command_reports_each_reconstruction_and_its_warnings(flow, tmp_path
                               "--lake", str(copy), "--iterations", "1", "--subsets", "1",
                               "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert [r["time_h"] for r in out["reconstructions"]] == sorted(
         r["time_h"] for r in out["reconstructions"])
     assert len(out["reconstructions"]) == 3
@@ -176,3 +176,27 @@ def test_the_run_plans_one_calibration_of_the_sources_phantoms(flow):
     other = plan("calibrate", flow["lake"], load_pipeline_settings(), flow["out"])
     assert other[0].inputs_hash != tasks[0].inputs_hash  # the settings are in the hash
     assert plan("calibrate", flow["lake"], settings, None) == []
+
+
+def test_a_registered_view_network_reconstructs_from_twice_the_views(flow, tmp_path):
+    """`theralake train-views` registers the network in the lake's MLflow; `reconstruct
+    --views-model` synthesises the views between the acquired ones and says so."""
+    copy = tmp_path / "lake"
+    shutil.copytree(flow["lake"].path, copy)
+    trained = RUNNER.invoke(app, ["train-views", "--lake", str(copy), "--factor", "2",
+                                  "--epochs", "1", "--val-fraction", "0", "--json"])
+    assert trained.exit_code == 0, trained.output
+    assert json.loads(trained.stdout)["model"] == "view-synthesis v1"
+    res = RUNNER.invoke(app, ["reconstruct", "--patient", flow["pid"], "--lake", str(copy),
+                              "--views-model", "view-synthesis", "--iterations", "1",
+                              "--subsets", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    recon = Lake(copy).sql("SELECT views, acquired_views, view_model FROM reconstructions "
+                           "WHERE view_model IS NOT NULL")
+    assert len(recon) == 3 and set(recon.views) == {60} and set(recon.acquired_views) == {30}
+    assert set(recon.view_model) == {"view-synthesis v1"}
+    said = Lake(copy).sql("SELECT message FROM quality WHERE \"check\" = 'view_synthesis'")
+    assert len(said) == 3 and all("30 of 60 views synthesised" in m for m in said.message)
+    missing = RUNNER.invoke(app, ["reconstruct", "--patient", flow["pid"], "--lake", str(copy),
+                                  "--views-model", "no-such-net"])
+    assert missing.exit_code == 2 and "train-views" in missing.output

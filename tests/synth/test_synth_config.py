@@ -22,6 +22,8 @@ from theralake.synth.constants import get_nuclide
         ({"missing_prob": 1.0}, "--missing-prob"),
         ({"activity_gbq": -7.4}, "--activity-gbq"),
         ({"fmt": "nrrd"}, "--format must be"),
+        ({"projections": 4}, "--views must be 8 to 360"),
+        ({"projections": 60, "fmt": "nifti"}, "NIfTI has no projection format"),
     ],
 )
 def test_bad_config(kwargs: dict, match: str) -> None:
@@ -47,6 +49,8 @@ def test_unknown_nuclide_lookup() -> None:
         (["--time-points", "48,24"], "strictly increasing"),
         (["--nuclide", "I-131"], "unknown nuclide"),
         (["--format", "png"], "--format"),
+        (["--projections", "--views", "3"], "--views must be 8 to 360"),
+        (["--projections", "--format", "nifti"], "use --format dicom"),
     ],
 )
 def test_cli_errors(args: list[str], match: str, tmp_path, synth_cli) -> None:  # noqa: ANN001

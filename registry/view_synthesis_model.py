@@ -1,0 +1,50 @@
+"""The SPECT view synthesis network as an MLflow ``pyfunc`` model.
+
+The logged model holds the network's own files (``weights.pt`` + ``config.json``, as written by
+:meth:`ViewSynthesizer.save`) as the artifact ``view_synthesis``; ``predict`` takes the
+acquired views (angle, r, z) and returns ``factor`` times as many (the model's config, also
+the registered version's tag ``factor``)::
+
+    model = mlflow.pyfunc.load_model("models:/view-synthesis@champion")
+    full = model.predict(sparse_views.astype("float32"))
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow.pyfunc  # noqa: E402
+import numpy as np  # noqa: E402
+
+ARTIFACT = "view_synthesis"
+
+
+class ViewSynthesisModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: acquired views (angle, r, z) float32 -> all views float32."""
+
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:  # noqa: ANN001 - mlflow PythonModelContext
+        from theralake.ingest.view_synthesis import ViewSynthesizer
+
+        self.synthesizer = ViewSynthesizer.load(context.artifacts[ARTIFACT])
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        if isinstance(model_input, dict):  # a named tensor
+            (model_input,) = model_input.values()
+        return self.synthesizer.fill(np.asarray(model_input, dtype=np.float32))
+
+
+def signature():  # noqa: ANN201 - mlflow ModelSignature
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    spec = TensorSpec(np.dtype(np.float32), (-1, -1, -1))
+    return ModelSignature(inputs=Schema([spec]), outputs=Schema([spec]))
+
+
+def input_example() -> np.ndarray:
+    """Eight views of a 16-bin, 4-row detector with a few counts."""
+    return np.random.default_rng(0).poisson(5.0, (8, 16, 4)).astype(np.float32)
