@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from theralake.ingest.projection_networks import ProjectionNetwork, interpolate_views
 from theralake.ingest.reconstruction import (
     ReconSettings,
     ReconstructionError,
@@ -21,7 +22,6 @@ from theralake.ingest.reconstruction import (
     scatter_estimate,
 )
 from theralake.ingest.spect_system import Geometry, collimator_code, hu_to_mu
-from theralake.ingest.view_synthesis import ViewSynthesizer, interpolate_views
 from theralake.lake import Lake, Volume, rows, stable_hash, views
 
 STEP = "reconstruct"
@@ -64,7 +64,8 @@ class ReconResult:
     resolution_fwhm_mm: float | None = None
     views: int = 0  # reconstructed from (acquired and synthesised)
     acquired_views: int = 0
-    view_model: str | None = None  # the network that synthesised the views between
+    network: str | None = None  # the projection network applied (its registered name)
+    network_task: str | None = None  # views | denoise
     findings: list[tuple[str, str, str]] = field(default_factory=list)  # check, status, message
 
 
@@ -129,37 +130,42 @@ def _mu_map(ct: dict, geometry: Geometry, energy_kev: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ViewModel:
-    """A view synthesis network and the name it is known by (registry name and version)."""
+class NetworkModel:
+    """A projection network and the name it is known by (registry name and version)."""
 
-    synthesizer: ViewSynthesizer
+    network: ProjectionNetwork
     name: str
 
 
-def _with_synthesised_views(inputs: AcquisitionInputs, model: ViewModel,
-                            findings: list[tuple[str, str, str]]
-                            ) -> tuple[dict[str, np.ndarray], Geometry]:
-    """The photopeak's views filled in by the network, the scatter windows' by linear
-    interpolation (smooth, few counts), on the finer orbit."""
-    factor = model.synthesizer.config.factor
+def _through_network(inputs: AcquisitionInputs, model: NetworkModel,
+                     findings: list[tuple[str, str, str]]
+                     ) -> tuple[dict[str, np.ndarray], Geometry]:
+    """The views after the network: the photopeak's views synthesised between the acquired
+    ones (the scatter windows' linearly: smooth, few counts) on the finer orbit, or the
+    photopeak's views denoised (the scatter estimate is smooth already)."""
+    net, n = model.network, len(inputs.geometry.angles_deg)
+    if net.task == "denoise":
+        findings.append(("denoising", "pass", f"photopeak views denoised by {model.name} "
+                         f"(trained on {net.config.count_fraction:.0%} of the counts)"))
+        return ({role: net.apply(v) if role == "photopeak" else v
+                 for role, v in inputs.views.items()}, inputs.geometry)
+    factor = net.config.factor
     try:
         geometry = inputs.geometry.finer(factor)
     except ValueError as exc:
         raise ReconstructionError(f"patient {inputs.patient_id} cycle {inputs.cycle}: {exc}"
                                   ) from exc
-    filled = {role: model.synthesizer.fill(v) if role == "photopeak" else
-             interpolate_views(v, factor) for role, v in inputs.views.items()}
-    n = len(inputs.geometry.angles_deg)
     findings.append(("view_synthesis", "pass", f"{n * factor - n} of {n * factor} views "
                      f"synthesised from the {n} acquired by {model.name}"))
-    return filled, geometry
+    return ({role: net.apply(v) if role == "photopeak" else interpolate_views(v, factor)
+             for role, v in inputs.views.items()}, geometry)
 
 
 def compute_reconstruction(inputs: AcquisitionInputs, settings: ReconSettings,
                            cps_per_mbq: float | None = None,
-                           view_model: ViewModel | None = None) -> ReconResult:
-    """Reconstruct one acquisition in Bq/mL (pure: no lake); with ``view_model`` from its
-    views and those the network synthesises between them.
+                           network: NetworkModel | None = None) -> ReconResult:
+    """Reconstruct one acquisition in Bq/mL (pure: no lake); with a ``network`` from its
+    views and those it synthesises between them, or from its views denoised.
 
     Raises:
         ReconstructionError: no sensitivity for the camera, or no CT where attenuation
@@ -178,8 +184,8 @@ def compute_reconstruction(inputs: AcquisitionInputs, settings: ReconSettings,
             "acquisition of this camera, or give --cps-per-mbq")
     findings: list[tuple[str, str, str]] = []
     geometry, acquired = inputs.geometry, inputs.views
-    if view_model is not None:
-        acquired, geometry = _with_synthesised_views(inputs, view_model, findings)
+    if network is not None:
+        acquired, geometry = _through_network(inputs, network, findings)
     mu = None
     if settings.attenuation:
         if inputs.ct is None:
@@ -206,7 +212,8 @@ def compute_reconstruction(inputs: AcquisitionInputs, settings: ReconSettings,
                        "ct" if mu is not None else "none",
                        _resolution(inputs.recovery, settings, findings),
                        len(geometry.angles_deg), len(inputs.geometry.angles_deg),
-                       view_model.name if view_model else None, findings)
+                       network.name if network else None,
+                       network.network.task if network else None, findings)
 
 
 def _resolution(curves: pd.DataFrame, settings: ReconSettings,
@@ -232,7 +239,7 @@ def write_reconstruction(lake: Lake, inputs: AcquisitionInputs, result: ReconRes
     calibration_id = (inputs.calibration or {}).get("id") if result.cps_per_mbq == \
         (inputs.calibration or {}).get("cps_per_mbq") else None
     params = stable_hash(STEP, s.as_dict(), result.cps_per_mbq, calibration_id,
-                         *([result.view_model] if result.view_model else []))
+                         *([result.network] if result.network else []))
     sources = sorted(r["id"] for r in inputs.images.values())
     ct_id = inputs.ct["id"] if inputs.ct is not None and result.attenuation == "ct" else None
     pid, cycle, time_h = inputs.patient_id, inputs.cycle, inputs.time_h
@@ -262,7 +269,8 @@ def write_reconstruction(lake: Lake, inputs: AcquisitionInputs, result: ReconRes
         "iterations": s.iterations, "subsets": s.subsets,
         "beta": s.beta if s.method == "bsrem" else None,
         "views": result.views, "acquired_views": result.acquired_views,
-        "view_model": result.view_model,
+        "projection_network": result.network,
+        "projection_network_task": result.network_task,
         "attenuation_correction": result.attenuation, "scatter_correction": result.scatter,
         "cps_per_mbq": result.cps_per_mbq, "calibration_id": calibration_id, "ct_id": ct_id,
         "input_ids": image["input_ids"], "params_hash": params,

@@ -347,7 +347,10 @@ SCHEMAS.update({
         _RECON_COLUMNS,
         pa.field("views", _i64),  # reconstructed from
         pa.field("acquired_views", _i64),  # of them acquired (the others synthesised)
-        pa.field("view_model", _str),  # the view synthesis network (registered name@version)
+        # the network applied to the views first (registered name and version), and its task:
+        # views (synthesised between the acquired ones) or denoise
+        pa.field("projection_network", _str),
+        pa.field("projection_network_task", _str),
         pa.field("attenuation_correction", _str),  # ct | none
         pa.field("scatter_correction", _str),  # tew | dew | none
         pa.field("cps_per_mbq", _f64),

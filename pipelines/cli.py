@@ -27,9 +27,9 @@ from theralake.ingest.errors import printable
 from theralake.lake import SCHEMAS, Lake, LakeError
 from theralake.lake.migrate import migrate
 from theralake.modeling.cli import register as register_modeling
+from theralake.modeling.projection_network_training import register as register_view_training
 from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
-from theralake.modeling.view_synthesis_training import register as register_view_training
 from theralake.pipelines.dosimetry_cli import register as register_dosimetry_run
 from theralake.pipelines.quality import quality_line
 from theralake.pipelines.report import register as register_report

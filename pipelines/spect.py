@@ -20,13 +20,13 @@ from theralake.ingest.pseudonym import Pseudonymizer, lake_pseudonymizer
 from theralake.ingest.reconstruction import ReconSettings
 from theralake.ingest.records import camera_key
 from theralake.ingest.spect_step import (
-    ViewModel,
+    NetworkModel,
     compute_reconstruction,
     read_acquisitions,
     write_reconstruction,
 )
 from theralake.lake import Lake, views
-from theralake.modeling.view_synthesis_training import load_view_synthesizer
+from theralake.modeling.projection_network_training import load_projection_network
 
 #: the spheres the resolution is fitted to: an iterative reconstruction's point-spread function
 #: is no Gaussian (its tails recover small spheres less than any Gaussian that fits large ones),
@@ -36,7 +36,7 @@ RESOLUTION_MIN_DIAMETER_MM = 22.0
 
 def recon_settings(options: dict | None) -> ReconSettings:
     """Reconstruction settings from a settings mapping (``theralake run``'s ``reconstruct``;
-    its ``views_model`` is read by :func:`view_model`)."""
+    its ``views_model`` and ``denoise_model`` are read by :func:`projection_network`)."""
     keys = ("method", "iterations", "subsets", "beta")
     return ReconSettings(**{k: v for k, v in (options or {}).items() if k in keys})
 
@@ -90,26 +90,46 @@ def _curve(lake: Lake, acq: PhantomAcquisition, settings: ReconSettings, key: st
     return recovery_rows(acq, settings, cal, [s | {"resolution_fwhm_mm": fwhm} for s in spheres])
 
 
-def view_model(lake: Lake, spec: str | None) -> ViewModel | None:
-    """The view synthesis network of a setting (a weights folder or ``name[@alias]`` in the
-    lake's registry), or None."""
+def network_model(lake: Lake, spec: str | None, task: str) -> NetworkModel | None:
+    """The projection network of a setting (a weights folder or ``name[@alias]`` in the
+    lake's registry), or None.
+
+    Raises:
+        ValueError: the network does another task than ``task`` (views or denoise).
+    """
     if not spec:
         return None
-    synthesizer, name = load_view_synthesizer(lake, spec)
-    return ViewModel(synthesizer, name)
+    network, name = load_projection_network(lake, spec)
+    if network.task != task:
+        raise ValueError(f"{name} is a {network.task} network, not a {task} one")
+    return NetworkModel(network, name)
+
+
+def projection_network(lake: Lake, views_model: str | None, denoise_model: str | None
+                       ) -> NetworkModel | None:
+    """The one network a reconstruction applies, from the two settings.
+
+    Raises:
+        ValueError: both given (one network per reconstruction), or the wrong task.
+    """
+    if views_model and denoise_model:
+        raise ValueError("give a views model or a denoise model, not both: one projection "
+                         "network per reconstruction")
+    return network_model(lake, views_model, "views") or \
+        network_model(lake, denoise_model, "denoise")
 
 
 def reconstruct_cycle(lake: Lake, patient_id: str, cycle: int, settings: ReconSettings, *,
                       photopeak_kev: float = 208.4, cps_per_mbq: float | None = None,
-                      collimator: str | None = None, views: ViewModel | None = None,
+                      collimator: str | None = None, network: NetworkModel | None = None,
                       on_done: Callable[[dict, list[str]], None] | None = None) -> list[dict]:
-    """Reconstruct every acquisition of a patient-cycle (with ``views``, from its views and
-    those the network synthesises); returns the SPECT image rows (no voxels).
+    """Reconstruct every acquisition of a patient-cycle (through a projection ``network``
+    first, when given); returns the SPECT image rows (no voxels).
     ``on_done(image, findings)`` hears each as it is written."""
     written = []
     for inputs in read_acquisitions(lake, patient_id, cycle, photopeak_kev=photopeak_kev,
                                     cps_per_mbq=cps_per_mbq, collimator=collimator):
-        result = compute_reconstruction(inputs, settings, cps_per_mbq, views)
+        result = compute_reconstruction(inputs, settings, cps_per_mbq, network)
         image = write_reconstruction(lake, inputs, result)
         written.append(image)
         if on_done:

@@ -17,7 +17,7 @@ from theralake.ingest.pseudonym import PseudonymKeyError
 from theralake.ingest.reconstruction import ReconSettings, ReconstructionError
 from theralake.ingest.spect_system import UnknownCollimator
 from theralake.lake import Lake, LakeError, views
-from theralake.pipelines.spect import calibrate, reconstruct_cycle, view_model
+from theralake.pipelines.spect import calibrate, projection_network, reconstruct_cycle
 from theralake.registry.tracking import ModelNotFoundError
 
 Method = Annotated[str, typer.Option("--method", help="osem or bsrem")]
@@ -25,7 +25,7 @@ Iterations = Annotated[int, typer.Option("--iterations", help="iterations")]
 Subsets = Annotated[int, typer.Option("--subsets", help="subsets (views split into)")]
 Beta = Annotated[float, typer.Option("--beta", help="BSREM relative-difference prior weight")]
 ERRORS = (IngestError, ReconstructionError, UnknownCollimator, PseudonymKeyError, LakeError,
-          FileNotFoundError, ModelNotFoundError)
+          FileNotFoundError, ModelNotFoundError, ValueError)
 
 
 def _fail(message: object) -> None:
@@ -99,6 +99,9 @@ def register(app: typer.Typer) -> None:
             "--views-model", help="synthesise the views between those acquired with this "
             "network: a weights folder or name[@alias] in the lake's registry (theralake "
             "train-views)")] = None,
+        denoise_model: Annotated[str | None, typer.Option(
+            "--denoise-model", help="denoise the photopeak's views with this network first "
+            "(theralake train-denoiser)")] = None,
         attenuation: Annotated[bool, typer.Option(
             "--attenuation/--no-attenuation", help="CT-based attenuation correction")] = True,
         scatter: Annotated[bool, typer.Option(
@@ -111,7 +114,7 @@ def register(app: typer.Typer) -> None:
             the_lake = Lake(lake, create=False)
             settings = ReconSettings(method=method, iterations=iterations, subsets=subsets,
                                      beta=beta, attenuation=attenuation, scatter=scatter)
-            network = view_model(the_lake, views_model)
+            network = projection_network(the_lake, views_model, denoise_model)
             cycles = [cycle] if cycle is not None else sorted(
                 {int(c) for c in views.acquisitions(the_lake, patient).cycle.dropna()})
             with Progress(disable=quiet or as_json, transient=True) as progress:
@@ -128,7 +131,7 @@ def register(app: typer.Typer) -> None:
                 for c in cycles:
                     reconstruct_cycle(the_lake, patient, c, settings,
                                       photopeak_kev=photopeak_kev, cps_per_mbq=cps_per_mbq,
-                                      collimator=collimator, views=network, on_done=done)
+                                      collimator=collimator, network=network, on_done=done)
         except ERRORS as exc:
             _fail(exc)
         if not written:

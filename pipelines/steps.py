@@ -37,7 +37,12 @@ from theralake.ingest.spect_system import UnknownCollimator
 from theralake.lake import Lake, stable_hash
 from theralake.lake.views import cycle_input_ids
 from theralake.pipelines.cycle import dosimetry_cycle, dosimetry_settings
-from theralake.pipelines.spect import calibrate, recon_settings, reconstruct_cycle, view_model
+from theralake.pipelines.spect import (
+    calibrate,
+    projection_network,
+    recon_settings,
+    reconstruct_cycle,
+)
 from theralake.registry.tracking import ModelNotFoundError
 from theralake.settings import deep_merge
 
@@ -186,15 +191,16 @@ def _plan_reconstruct(lake: Lake, settings: dict, source: Path | None) -> list[T
     calibration = sorted(lake.sql("SELECT id FROM camera_calibrations UNION ALL "
                                   "SELECT id FROM recovery_curves").id)
     cts = lake.sql("SELECT patient_id, cycle, id FROM images WHERE kind = 'ct'")
-    network = (settings.get("reconstruct") or {}).get("views_model")
+    options_all = settings.get("reconstruct") or {}
+    network = [options_all.get("views_model"), options_all.get("denoise_model")]
     tasks = []
     for (pid, cyc), group in windows.groupby(["patient_id", "cycle"]):
         ct_ids = sorted(cts[(cts.patient_id == pid) & (cts.cycle == cyc)].id)
         tasks.append(Task("reconstruct", f"reconstruct/{pid}/{int(cyc)}", stable_hash(
             "reconstruct", options, sorted(group.id), ct_ids, calibration,
-            *([network] if network else [])),
+            *([network] if any(network) else [])),
             {"patient_id": pid, "cycle": int(cyc), "reconstruct": options,
-             "views_model": network}, pid, int(cyc)))
+             "networks": network}, pid, int(cyc)))
     return tasks
 
 
@@ -202,9 +208,9 @@ def _run_reconstruct(lake: Lake, params: dict) -> None:
     try:
         reconstruct_cycle(lake, params["patient_id"], params["cycle"],
                           recon_settings(params["reconstruct"]),
-                          views=view_model(lake, params.get("views_model")))
+                          network=projection_network(lake, *params["networks"]))
     except (ReconstructionError, UnknownCollimator, ModelNotFoundError,
-            FileNotFoundError) as exc:
+            FileNotFoundError, ValueError) as exc:
         raise TaskFailed(str(exc)) from exc
 
 

@@ -191,12 +191,16 @@ def test_a_registered_view_network_reconstructs_from_twice_the_views(flow, tmp_p
                               "--views-model", "view-synthesis", "--iterations", "1",
                               "--subsets", "2", "--quiet"])
     assert res.exit_code == 0, res.output
-    recon = Lake(copy).sql("SELECT views, acquired_views, view_model FROM reconstructions "
-                           "WHERE view_model IS NOT NULL")
+    recon = Lake(copy).sql("SELECT views, acquired_views, projection_network n, "
+                           "projection_network_task task FROM reconstructions "
+                           "WHERE projection_network IS NOT NULL")
     assert len(recon) == 3 and set(recon.views) == {60} and set(recon.acquired_views) == {30}
-    assert set(recon.view_model) == {"view-synthesis v1"}
+    assert set(recon.n) == {"view-synthesis v1"} and set(recon.task) == {"views"}
     said = Lake(copy).sql("SELECT message FROM quality WHERE \"check\" = 'view_synthesis'")
     assert len(said) == 3 and all("30 of 60 views synthesised" in m for m in said.message)
     missing = RUNNER.invoke(app, ["reconstruct", "--patient", flow["pid"], "--lake", str(copy),
                                   "--views-model", "no-such-net"])
     assert missing.exit_code == 2 and "train-views" in missing.output
+    wrong = RUNNER.invoke(app, ["reconstruct", "--patient", flow["pid"], "--lake", str(copy),
+                                "--denoise-model", "view-synthesis"])
+    assert wrong.exit_code == 2 and "is a views network, not a denoise one" in wrong.output

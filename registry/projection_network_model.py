@@ -1,9 +1,9 @@
-"""The SPECT view synthesis network as an MLflow ``pyfunc`` model.
+"""A SPECT projection network (view synthesis or denoising) as an MLflow ``pyfunc`` model.
 
-The logged model holds the network's own files (``weights.pt`` + ``config.json``, as written by
-:meth:`ViewSynthesizer.save`) as the artifact ``view_synthesis``; ``predict`` takes the
-acquired views (angle, r, z) and returns ``factor`` times as many (the model's config, also
-the registered version's tag ``factor``)::
+The logged model holds the network's own files (``weights.pt`` + ``config.json``, as written
+by :meth:`ProjectionNetwork.save`) as the artifact ``projection_network``; ``predict`` takes
+views (angle, r, z) and returns the network's views: ``factor`` times as many (task views) or
+the same denoised (task denoise); the registered version's tags say the task::
 
     model = mlflow.pyfunc.load_model("models:/view-synthesis@champion")
     full = model.predict(sparse_views.astype("float32"))
@@ -18,23 +18,23 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow.pyfunc  # noqa: E402
 import numpy as np  # noqa: E402
 
-ARTIFACT = "view_synthesis"
+ARTIFACT = "projection_network"
 
 
-class ViewSynthesisModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: acquired views (angle, r, z) float32 -> all views float32."""
+class ProjectionNetworkModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: views (angle, r, z) float32 -> the network's views float32."""
 
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:  # noqa: ANN001 - mlflow PythonModelContext
-        from theralake.ingest.view_synthesis import ViewSynthesizer
+        from theralake.ingest.projection_networks import load_network
 
-        self.synthesizer = ViewSynthesizer.load(context.artifacts[ARTIFACT])
+        self.network = load_network(context.artifacts[ARTIFACT])
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         if isinstance(model_input, dict):  # a named tensor
             (model_input,) = model_input.values()
-        return self.synthesizer.fill(np.asarray(model_input, dtype=np.float32))
+        return self.network.apply(np.asarray(model_input, dtype=np.float32))
 
 
 def signature():  # noqa: ANN201 - mlflow ModelSignature

@@ -1,20 +1,23 @@
-"""Fewer projections (issue 22): the views between those acquired, by linear interpolation (the
-baseline) and by the network, on acquisitions of random objects projected with the system
-model; the finer orbit they are reconstructed on."""
+"""Shorter and quieter acquisitions (issue 22): the views between those acquired, by linear
+interpolation (the baseline) and by the network, and low-count views denoised, on acquisitions
+of random objects projected with the system model; the finer orbit they are reconstructed on."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from theralake.ingest.spect_system import Geometry, forward_project, system_matrix
-from theralake.ingest.view_synthesis import (
-    ViewSynthesisConfig,
+from theralake.ingest.projection_networks import (
+    Denoiser,
+    ProjectionNetworkConfig,
     ViewSynthesizer,
     interpolate_views,
+    load_network,
     nrmse,
     sparse_of,
+    thinned,
 )
+from theralake.ingest.spect_system import Geometry, forward_project, system_matrix
 from theralake.synth.grid import centred_grid
 from theralake.synth.projections import geometry_of
 
@@ -45,8 +48,9 @@ def test_the_finer_orbit_keeps_the_acquired_angles_and_interpolates_the_radii():
 
 
 @pytest.fixture(scope="module")
-def acquisitions():
-    """Fourteen acquisitions (48 views) of random ellipsoids in a water cylinder."""
+def expected():
+    """Fourteen acquisitions' expected counts (48 views) of random ellipsoids in a water
+    cylinder."""
     grid = centred_grid((12, 32, 32), (8.84, 8.84, 8.84))
     z, y, x = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
     body = ((y - 15.5) / 12) ** 2 + ((x - 15.5) / 14) ** 2 <= 1
@@ -62,13 +66,20 @@ def acquisitions():
             inside = ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + \
                 ((x - c[2]) / r[2]) ** 2 <= 1
             activity += rng.uniform(1, 10) * inside
-        out.append(rng.poisson(forward_project(matrix, activity * 20)).astype(np.float32))
+        out.append(forward_project(matrix, activity * 20))
     return out
 
 
 @pytest.fixture(scope="module")
+def acquisitions(expected):
+    rng = np.random.default_rng(1)
+    return [rng.poisson(e).astype(np.float32) for e in expected]
+
+
+@pytest.fixture(scope="module")
 def trained(acquisitions):
-    config = ViewSynthesisConfig(factor=FACTOR, max_epochs=6, max_minutes=1.5, seed=1)
+    config = ProjectionNetworkConfig(task="views", factor=FACTOR, max_epochs=6,
+                                     max_minutes=1.5, seed=1)
     return ViewSynthesizer(config).fit(acquisitions[:12])
 
 
@@ -87,10 +98,30 @@ def test_acquired_views_are_kept_and_a_saved_network_fills_the_same(acquisitions
     filled = trained.fill(sparse)
     assert filled.shape == acquisitions[13].shape and filled.min() >= 0
     assert np.array_equal(filled[::FACTOR], sparse)
-    again = ViewSynthesizer.load(trained.save(tmp_path / "net"))
-    assert again.config == trained.config
+    again = load_network(trained.save(tmp_path / "net"))
+    assert isinstance(again, ViewSynthesizer) and again.config == trained.config
     assert np.array_equal(again.fill(sparse), filled)
-    with pytest.raises(FileNotFoundError, match="not a saved view synthesis network"):
-        ViewSynthesizer.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a saved projection network"):
+        load_network(tmp_path)
     with pytest.raises(RuntimeError, match="not trained"):
         ViewSynthesizer().fill(sparse)
+    with pytest.raises(ValueError, match="needs task 'denoise'"):
+        Denoiser(trained.config)
+
+
+def test_the_denoiser_brings_a_quarter_of_the_counts_closer_to_their_expectation(
+        expected, acquisitions, tmp_path):
+    config = ProjectionNetworkConfig(task="denoise", count_fraction=0.25, max_epochs=6,
+                                     max_minutes=1.5, seed=2)
+    denoiser = Denoiser(config).fit(acquisitions[:12])
+    rng = np.random.default_rng(5)
+    for full, mean in zip(acquisitions[12:], expected[12:], strict=True):
+        low = thinned(full, 0.25, rng)  # a quarter of the acquisition time
+        truth = 0.25 * mean
+        restored = denoiser.apply(low)
+        assert restored.shape == low.shape
+        assert nrmse(restored, truth) < 0.7 * nrmse(low, truth), (nrmse(restored, truth),
+                                                                 nrmse(low, truth))
+        assert restored.sum() == pytest.approx(truth.sum(), rel=0.05)  # no count bias
+    again = load_network(denoiser.save(tmp_path / "denoiser"))
+    assert isinstance(again, Denoiser) and again.config.count_fraction == 0.25
