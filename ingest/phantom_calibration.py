@@ -124,24 +124,23 @@ def read_phantom_acquisition(folder: Path, photopeak_kev: float = 208.4
                               decay, peak)
 
 
-def _counts(acq: PhantomAcquisition, settings: ReconSettings) -> tuple[np.ndarray,
-                                                                       ReconSettings]:
+def _counts(acq: PhantomAcquisition, settings: ReconSettings, body: np.ndarray) -> np.ndarray:
     """The phantom reconstructed (counts per view per voxel), attenuation from its shape
-    (water)."""
+    (``body``, the voxels' fractions in it: water)."""
     settings = replace(settings, collimator=acq.collimator, photopeak_kev=acq.photopeak_kev)
-    body = fractions(acq.phantom, acq.geometry)[0]
     mu = body * hu_to_mu(np.zeros(1), acq.photopeak_kev)[0]
     scatter = scatter_estimate(acq.views, acq.widths_kev)[0] if settings.scatter else None
     return reconstruct(acq.geometry, acq.views["photopeak"], mu_per_cm=mu, scatter=scatter,
-                       settings=settings), settings
+                       settings=settings)
 
 
 def sensitivity(acq: PhantomAcquisition, settings: ReconSettings) -> tuple[float, float]:
     """(cps/MBq in one view, the phantom's mean activity in MBq) from a uniform cylinder."""
     if acq.phantom.kind != "cylinder":
         raise ValueError(f"{acq.source}: sensitivity needs a cylinder phantom")
-    counts, _ = _counts(acq, settings)
-    near = ndimage.binary_dilation(fractions(acq.phantom, acq.geometry)[0] > 0, iterations=max(
+    body = fractions(acq.phantom, acq.geometry)[0]
+    counts = _counts(acq, settings, body)
+    near = ndimage.binary_dilation(body > 0, iterations=max(
         1, round(SENSITIVITY_MARGIN_MM / acq.geometry.pixel_mm)))
     activity = float(acq.phantom.activity_mbq or 0) * acq.decay_factor
     return float(counts[near].sum()) / (acq.frame_duration_s * activity), activity
@@ -153,13 +152,14 @@ def recovery(acq: PhantomAcquisition, settings: ReconSettings, cps_per_mbq: floa
     p = acq.phantom
     if p.kind != "nema_iec":
         raise ValueError(f"{acq.source}: a recovery curve needs a nema_iec phantom")
-    counts, _ = _counts(acq, settings)
+    body, spheres = fractions(p, acq.geometry)
+    counts = _counts(acq, settings, body)
     ml = (acq.geometry.pixel_mm / 10.0) ** 3
     bq_ml = counts_to_bq_per_ml(counts, cps_per_mbq=cps_per_mbq,
                                 frame_duration_s=acq.frame_duration_s, voxel_ml=ml)
     true = float(p.sphere_bq_per_ml or 0) * acq.decay_factor
     out = []
-    for sphere, weight in zip(p.spheres, fractions(p, acq.geometry)[1], strict=True):
+    for sphere, weight in zip(p.spheres, spheres, strict=True):
         mean = float((bq_ml * weight).sum() / weight.sum())
         out.append({"diameter_mm": sphere.diameter_mm, "volume_ml": sphere.volume_ml,
                     "recovery": mean / true, "sphere_bq_per_ml": true,

@@ -62,6 +62,7 @@ class ReconResult:
     scatter: str
     attenuation: str
     resolution_fwhm_mm: float | None = None
+    calibration_id: str | None = None  # the camera calibration the sensitivity came from
     views: int = 0  # reconstructed from (acquired and synthesised)
     acquired_views: int = 0
     network: str | None = None  # the projection network applied (its registered name)
@@ -88,6 +89,10 @@ def read_acquisitions(lake: Lake, patient_id: str, cycle: int, *, photopeak_kev:
             unknown collimator (the message names it).
     """
     windows = views.acquisitions(lake, patient_id, cycle)
+    if windows.empty:
+        return []
+    images = lake.read("images", "list_contains(?, id)", [list(windows.image_id)])
+    by_id = {r["id"]: r for r in images.to_dict("records")}
     out = []
     for _, group in windows.groupby("series_key", sort=False):
         chosen = _pick_peak(group, photopeak_kev)
@@ -97,8 +102,6 @@ def read_acquisitions(lake: Lake, patient_id: str, cycle: int, *, photopeak_kev:
                 f"patient {patient_id} cycle {cycle}, acquisition at "
                 f"{group.time_h.iloc[0]:g} h: no {photopeak_kev:g} keV photopeak window "
                 f"(windows: {', '.join(group.window_name.astype(str))})")
-        images = lake.read("images", "list_contains(?, id)", [list(chosen.image_id)])
-        by_id = {r["id"]: r for r in images.to_dict("records")}
         peak = chosen[chosen.role == "photopeak"].iloc[0]
         code = collimator_code(collimator or peak.collimator_name, peak.manufacturer)
         nuclide = by_id[peak.image_id]["nuclide"]
@@ -176,7 +179,8 @@ def compute_reconstruction(inputs: AcquisitionInputs, settings: ReconSettings,
                        photopeak_kev=float(peak["peak_kev"]))
     where = f"patient {inputs.patient_id} cycle {inputs.cycle}, acquisition at " \
             f"{inputs.time_h:g} h"
-    sensitivity = cps_per_mbq or (inputs.calibration or {}).get("cps_per_mbq")
+    calibration = None if cps_per_mbq else inputs.calibration
+    sensitivity = cps_per_mbq or (calibration or {}).get("cps_per_mbq")
     if not sensitivity:
         raise ReconstructionError(
             f"{where}: no camera calibration for its camera, {settings.photopeak_kev:g} keV "
@@ -208,12 +212,13 @@ def compute_reconstruction(inputs: AcquisitionInputs, settings: ReconSettings,
                                 frame_duration_s=float(peak["frame_duration_s"]),
                                 voxel_ml=voxel_ml)
     volume = Volume(bq_ml, (geometry.pixel_mm,) * 3, geometry.origin_mm)
-    return ReconResult(volume, settings, float(sensitivity), how,
-                       "ct" if mu is not None else "none",
-                       _resolution(inputs.recovery, settings, findings),
-                       len(geometry.angles_deg), len(inputs.geometry.angles_deg),
-                       network.name if network else None,
-                       network.network.task if network else None, findings)
+    return ReconResult(
+        volume, settings, float(sensitivity), how, "ct" if mu is not None else "none",
+        resolution_fwhm_mm=_resolution(inputs.recovery, settings, findings),
+        calibration_id=calibration["id"] if calibration else None,
+        views=len(geometry.angles_deg), acquired_views=len(inputs.geometry.angles_deg),
+        network=network.name if network else None,
+        network_task=network.network.task if network else None, findings=findings)
 
 
 def _resolution(curves: pd.DataFrame, settings: ReconSettings,
@@ -236,8 +241,7 @@ def write_reconstruction(lake: Lake, inputs: AcquisitionInputs, result: ReconRes
     row (without voxels)."""
     peak_image = inputs.images["photopeak"]
     s = result.settings
-    calibration_id = (inputs.calibration or {}).get("id") if result.cps_per_mbq == \
-        (inputs.calibration or {}).get("cps_per_mbq") else None
+    calibration_id = result.calibration_id
     params = stable_hash(STEP, s.as_dict(), result.cps_per_mbq, calibration_id,
                          *([result.network] if result.network else []))
     sources = sorted(r["id"] for r in inputs.images.values())

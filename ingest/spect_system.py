@@ -133,12 +133,6 @@ class Geometry:
         return Geometry(angles_deg=angles % 360.0, radii_mm=finer_radii, bins=self.bins,
                         rows=self.rows, pixel_mm=self.pixel_mm, origin_mm=self.origin_mm)
 
-    def subset(self, keep: np.ndarray) -> Geometry:
-        """The geometry of some of the views (``keep`` indexes or masks them)."""
-        return Geometry(angles_deg=self.angles_deg[keep], radii_mm=self.radii_mm[keep],
-                        bins=self.bins, rows=self.rows, pixel_mm=self.pixel_mm,
-                        origin_mm=self.origin_mm)
-
 
 def to_object(zyx: np.ndarray) -> torch.Tensor:
     """A theralake (z, y, x) array as a PyTomography object (x, y, z)."""
