@@ -37,8 +37,8 @@ import SimpleITK as sitk
 
 from theralake.lake import Volume
 
-__all__ = ["BACKENDS", "TOTALSEGMENTATOR_CLASSES", "Segmenter", "SegmentationUnavailable",
-           "totalsegmentator_available", "totalsegmentator_segmenter"]
+__all__ = ["BACKENDS", "TOTALSEGMENTATOR_CLASSES", "LesionFinder", "Segmenter",
+           "SegmentationUnavailable", "totalsegmentator_available", "totalsegmentator_segmenter"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,20 @@ class Segmenter:
         if not wanted:
             return {}
         return {o: m for o, m in self.run(ct, wanted).items() if o in wanted and m.any()}
+
+
+@dataclass(frozen=True)
+class LesionFinder:
+    """Lesions on a SPECT/CT by a network (``lesions.method: network``), with the PET's lesion
+    probability as a prior; the ``vois`` rows get ``source`` lesion_network and ``name``.
+
+    ``pet_probability(pet_ct, pet)`` is the lesion probability on the PET's CT;
+    ``find(ct, spect, prior)`` the lesions on the CT's grid (``prior`` on that grid, or None).
+    """
+
+    name: str
+    pet_probability: Callable[[Volume, Volume], Volume]
+    find: Callable[[Volume, Volume, Volume | None], list]
 
 
 def totalsegmentator_available() -> bool:

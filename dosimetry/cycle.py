@@ -29,7 +29,7 @@ import SimpleITK as sitk
 import torch
 
 from theralake.dosimetry import registration
-from theralake.dosimetry.auto_vois import Segmenter
+from theralake.dosimetry.auto_vois import LesionFinder, Segmenter
 from theralake.dosimetry.cycle_io import CycleInputs, TimePoint
 from theralake.dosimetry.cycle_tacs import Measured, measure_tacs
 from theralake.dosimetry.cycle_vois import (
@@ -131,9 +131,11 @@ def _memo(registrar: Registrar) -> Registrar:
 
 def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | None = None,
                   registrar: Registrar | None = None,
-                  on_stage: Callable[[str], None] | None = None) -> CycleResult:
+                  on_stage: Callable[[str], None] | None = None, *,
+                  lesion_finder: LesionFinder | None = None) -> CycleResult:
     """The dosimetry of one patient-cycle (rows not written); ``on_stage`` hears the name of
-    each stage as it starts (a progress display).
+    each stage as it starts (a progress display); ``lesion_finder`` segments the lesions when
+    ``lesions.method`` is network.
 
     Raises:
         DosimetryError: no quantitative SPECT, a SPECT without CT or not overlapping it, no
@@ -154,6 +156,7 @@ def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | No
     grid = ref.spect
     result = CycleResult(inputs.patient_id, inputs.cycle, chash, ref.ct.row)
     result.findings.extend(_protocol_findings(points, ref_index, settings))
+    result.findings.extend(_duplicate_findings(inputs))
     stage = on_stage or (lambda _: None)
     clock = time.perf_counter()
     stage("registering the time points")
@@ -161,7 +164,11 @@ def compute_cycle(inputs: CycleInputs, settings: dict, segmenter: Segmenter | No
     times = np.array([tp.time_h for tp in points])
     clock = result.lap("registration and resampling", clock)
     stage("VOIs")
-    found = assemble_vois(inputs, ref_index, moved, settings, register, segmenter, chash)
+    if settings["lesions"]["method"] == "network" and lesion_finder is None:
+        raise DosimetryError(f"{label}: lesions.method network needs the lesion segmenter "
+                             "(train one with theralake train-lesion-seg, or set lesions.model)")
+    found = assemble_vois(inputs, ref_index, moved, settings, register, segmenter, chash,
+                          lesion_finder)
     result.add(found)
     result.add(pet_ct_vois(inputs, ref.ct, found.vois, settings, register, chash))
     if not found.vois:
@@ -218,6 +225,17 @@ def _extent(vol: Volume) -> tuple[np.ndarray, np.ndarray]:
                         for j in (0, vol.shape_xyz[1] - 1) for k in (0, vol.shape_xyz[2] - 1)])
     world = vol.index_to_world(corners)
     return world.min(axis=0), world.max(axis=0)
+
+
+def _duplicate_findings(inputs: CycleInputs) -> list[Finding]:
+    """An acquisition reconstructed more than once: which SPECT was used, which was not."""
+    def name(row: dict) -> str:
+        made = "theralake's reconstruction" if row.get("params_hash") else "imported SPECT"
+        return f"{made} {row.get('description') or row.get('series_key') or ''} ({row['id'][:12]})"
+
+    return [Finding("spect_duplicate", "warn", f"two SPECTs of the {kept['time_h']:g} h "
+                    f"acquisition: {name(kept)} used, {name(left)} left out", image_id=left["id"])
+            for kept, left in inputs.duplicates]
 
 
 def _protocol_findings(points: list[TimePoint], ref_index: int, settings: dict

@@ -4,14 +4,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from theralake.lake import Lake, Volume
-from theralake.lake.views import CycleRows, cycle_rows, pair_time_points
+from theralake.lake.views import (
+    SEGMENTED_LESION_SOURCES,
+    CycleRows,
+    cycle_rows,
+    one_per_acquisition,
+    pair_time_points,
+)
 
-__all__ = ["Contour", "CtImage", "CycleInputs", "TimePoint", "read_cycle", "write_cycle"]
+__all__ = ["Contour", "CtImage", "CycleInputs", "PetImage", "TimePoint", "read_cycle",
+           "write_cycle"]
 
 
 @dataclass
@@ -51,6 +59,15 @@ class TimePoint:
 
 
 @dataclass
+class PetImage:
+    """The pre-therapy PET, its ``images`` row (no voxels) and its CT."""
+
+    row: dict
+    volume: Volume
+    ct: CtImage
+
+
+@dataclass
 class CycleInputs:
     """Everything a patient-cycle's dosimetry reads (see :func:`compute_cycle`)."""
 
@@ -63,6 +80,9 @@ class CycleInputs:
     previous_lesions: tuple[CtImage, dict[str, Contour]] | None = None
     cached: dict[str, dict[str, Contour]] = field(default_factory=dict)  # AI masks per CT id
     ids: list[str] = field(default_factory=list)
+    pet: PetImage | None = None
+    # (kept, left out) SPECT rows (no voxels) of acquisitions reconstructed more than once
+    duplicates: list[tuple[dict, dict]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -82,7 +102,7 @@ def _contours(vois: pd.DataFrame, ct_id: str) -> dict[str, Contour]:
 def read_cycle(lake: Lake, patient_id: str, cycle: int) -> CycleInputs:
     """The rows one patient-cycle's dosimetry needs, voxels decoded."""
     rows: CycleRows = cycle_rows(lake, patient_id, cycle)
-    imported = rows.vois[rows.vois.source != "threshold"]
+    imported = rows.vois[~rows.vois.source.isin(SEGMENTED_LESION_SOURCES)]
     images = rows.images
     cts: dict[str, CtImage] = {}
 
@@ -105,13 +125,25 @@ def read_cycle(lake: Lake, patient_id: str, cycle: int) -> CycleInputs:
         cached.setdefault(r["image_id"], {}).setdefault(
             f"{r['source_name']}\x1f{r['voi']}", Contour(_meta(r), Volume.from_row(r)))
     return CycleInputs(patient_id, cycle, rows.administration, points, others,
-                       rows.earlier, _previous_lesions(rows, cts), cached, rows.ids)
+                       rows.earlier, _previous_lesions(rows, cts), cached, rows.ids,
+                       _pet(rows, ct), [(_meta(k), _meta(d))
+                                        for k, d in one_per_acquisition(mine)[1]])
+
+
+def _pet(rows: CycleRows, ct: Callable[[dict], CtImage]) -> PetImage | None:
+    if rows.pet_id is None:
+        return None
+    images = rows.images
+    pet = images[images.id == rows.pet_id].iloc[0].to_dict()
+    pet_ct = images[(images.kind == "ct") & (images.frame_of_reference_key
+                                            == pet["frame_of_reference_key"])]
+    return PetImage(_meta(pet), Volume.from_row(pet), ct(pet_ct.iloc[0].to_dict()))
 
 
 def _previous_lesions(rows: CycleRows, cts: dict[str, CtImage]
                       ) -> tuple[CtImage, dict[str, Contour]] | None:
-    """The thresholded lesions of the latest earlier cycle, on its reference CT."""
-    lesions = rows.vois[rows.vois.source == "threshold"]
+    """The segmented lesions of the latest earlier cycle, on its reference CT."""
+    lesions = rows.vois[rows.vois.source.isin(SEGMENTED_LESION_SOURCES)]
     if lesions.empty:
         return None
     latest = lesions[lesions.cycle == lesions.cycle.max()]

@@ -33,6 +33,7 @@ from theralake.dosimetry.cycle_vois import (
 from theralake.dosimetry.quality import Finding
 from theralake.dosimetry.voi_activity import voi_activities_mbq
 from theralake.lake import Volume
+from theralake.lake.views import SEGMENTED_LESION_SOURCES
 from theralake.lake.volume import bounding_box
 
 __all__ = ["Measured", "fov_fraction", "measure_tacs"]
@@ -156,9 +157,10 @@ def _own_vois(inputs: CycleInputs, tp: TimePoint, ref_ct: CtImage, vois: dict[st
             own[name] = tp.ct.volume.like(mask.astype(np.uint8))
             if new:
                 out.new_rows.append(row)
-    # thresholded lesions are the reference SPECT's hot spots: they stay on the reference
+    # segmented lesions are the reference SPECT's hot spots: they stay on the reference
     # grid (measured on the registered map), the contoured VOIs go onto this CT
-    missing = [n for n in vois if n not in own and vois[n].row.get("source") != "threshold"]
+    missing = [n for n in vois if n not in own
+               and vois[n].row.get("source") not in SEGMENTED_LESION_SOURCES]
     if not missing:
         return own
     reg = registrar(tp.ct.volume, ref_ct.volume)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from theralake.dosimetry import registration
-from theralake.dosimetry.auto_vois import Segmenter
+from theralake.dosimetry.auto_vois import LesionFinder, Segmenter
 from theralake.dosimetry.cycle_io import Contour, CtImage, CycleInputs, TimePoint
 from theralake.dosimetry.lesions import match_lesions, segment_lesions
 from theralake.dosimetry.quality import Finding
@@ -90,8 +90,8 @@ def choose_reference(points: list[TimePoint], settings: dict) -> int:
 
 def assemble_vois(inputs: CycleInputs, ref_index: int,
                   moved: dict[int, registration.RegistrationResult], settings: dict,
-                  registrar: Registrar, segmenter: Segmenter | None, params_hash: str
-                  ) -> VoiSet:
+                  registrar: Registrar, segmenter: Segmenter | None, params_hash: str,
+                  lesion_finder: LesionFinder | None = None) -> VoiSet:
     """The VOIs on the reference CT (see the module's docstring for the order)."""
     points = inputs.time_points
     ref = points[ref_index]
@@ -110,7 +110,8 @@ def assemble_vois(inputs: CycleInputs, ref_index: int,
                 "" if segmenter is None else f" and {segmenter.name} does not find it") + (
                 "; no segmenter (segmentation.backend)" if segmenter is None else ""), organ))
     if not any(n.startswith("lesion_") for n in out.vois) and settings["lesions"]["segment"]:
-        _threshold_lesions(inputs, ref, registrar, settings, params_hash, out, missing)
+        _segment_lesions(inputs, ref, registrar, settings, params_hash, out, missing,
+                         lesion_finder)
     return out
 
 
@@ -263,32 +264,60 @@ def lesion_names(found: list, earlier: dict[str, np.ndarray], spacing_mm) -> lis
     return names  # type: ignore[return-value]
 
 
-def _threshold_lesions(inputs: CycleInputs, ref: TimePoint, registrar: Registrar,
-                       settings: dict, params_hash: str, out: VoiSet,
-                       missing_organs: list[str]) -> None:
-    """Lesions thresholded on the reference SPECT outside every organ VOI."""
+def _segment_lesions(inputs: CycleInputs, ref: TimePoint, registrar: Registrar,
+                     settings: dict, params_hash: str, out: VoiSet, missing_organs: list[str],
+                     finder: LesionFinder | None) -> None:
+    """Lesions on the reference SPECT: thresholded outside every organ VOI, or found by the
+    lesion network (with the PET's lesion probability registered onto the reference CT)."""
     ct = ref.ct.volume
-    spect_on_ct = to_grid(ref.spect, ct).clip(0, None)
-    exclude = np.zeros(ct.array.shape, bool)
-    for name, voi in out.vois.items():
-        if name != "body":
-            exclude |= voi.mask.array.astype(bool)
     opts = settings["lesions"]
-    found = segment_lesions(spect_on_ct, ct.voxel_volume_ml, method=opts["method"],
-                            fraction=opts["fraction"], exclude=exclude,
-                            min_volume_ml=opts["min_volume_ml"])
+    if opts["method"] == "network":
+        if finder is None:
+            raise ValueError("lesions.method network needs the lesion segmenter (the caller "
+                             "loads it from lesions.model)")
+        found = finder.find(ct, ref.spect, _pet_prior(inputs, ref, registrar, finder,
+                                                       params_hash, out))
+        source, name, inputs_ids = "lesion_network", finder.name, [ref.spect_row["id"]] + (
+            [inputs.pet.row["id"]] if inputs.pet is not None else [])
+    else:
+        spect_on_ct = to_grid(ref.spect, ct).clip(0, None)
+        exclude = np.zeros(ct.array.shape, bool)
+        for voi_name, voi in out.vois.items():
+            if voi_name != "body":
+                exclude |= voi.mask.array.astype(bool)
+        found = segment_lesions(spect_on_ct, ct.voxel_volume_ml, method=opts["method"],
+                                fraction=opts["fraction"], exclude=exclude,
+                                min_volume_ml=opts["min_volume_ml"])
+        source, name = "threshold", f"{opts['method']} {opts['fraction']}"
+        inputs_ids = [ref.spect_row["id"]]
     if found and missing_organs:
         out.findings.append(Finding(
-            "lesions_without_organs", "warn", f"{len(found)} lesion(s) thresholded while "
+            "lesions_without_organs", "warn", f"{len(found)} lesion(s) segmented while "
             f"{', '.join(missing_organs)} had no contour: a lesion may be one of them"))
     earlier = _previous_lesions_here(inputs, ref.ct, registrar, params_hash, out) \
         if found else {}
-    for les, name in zip(found, lesion_names(found, earlier, ct.spacing_mm), strict=True):
+    how = "found by the lesion network" if source == "lesion_network" else "thresholded"
+    for les, voi_name in zip(found, lesion_names(found, earlier, ct.spacing_mm), strict=True):
         vol = ct.like(les.mask.astype(np.uint8))
-        row = voi_row(inputs.patient_id, name, vol, ref.ct.row, "threshold",
-                      f"{opts['method']} {opts['fraction']}", input_ids=[ref.spect_row["id"]],
-                      params_hash=params_hash)
-        _take(out, name, vol, row, f"thresholded on the {ref.time_h:g} h SPECT", new=True)
+        row = voi_row(inputs.patient_id, voi_name, vol, ref.ct.row, source, name,
+                      input_ids=inputs_ids, params_hash=params_hash)
+        _take(out, voi_name, vol, row, f"{how} on the {ref.time_h:g} h SPECT", new=True)
+
+
+def _pet_prior(inputs: CycleInputs, ref: TimePoint, registrar: Registrar,
+               finder: LesionFinder, params_hash: str, out: VoiSet) -> Volume | None:
+    """The PET network's lesion probability registered onto the reference CT; None (a
+    warning) without a pre-therapy PET/CT."""
+    if inputs.pet is None:
+        out.findings.append(Finding(
+            "lesion_prior_missing", "warn", "no pre-therapy PET/CT: the lesion network "
+            "segmented the SPECT/CT without the PET's lesion probability"))
+        return None
+    probability = finder.pet_probability(inputs.pet.ct.volume, inputs.pet.volume)
+    reg = registrar(ref.ct.volume, inputs.pet.ct.volume)
+    out.registration_rows.append(registration_pair_row(inputs, ref.ct, inputs.pet.ct, reg,
+                                                       params_hash))
+    return registration.resample_map(probability, reg.transform, ref.ct.volume)
 
 
 def _previous_lesions_here(inputs: CycleInputs, ref_ct: CtImage, registrar: Registrar,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from theralake.dosimetry.auto_vois import Segmenter
+from theralake.dosimetry.auto_vois import LesionFinder, Segmenter
 from theralake.dosimetry.cycle import CycleResult, compute_cycle
 from theralake.dosimetry.cycle_io import read_cycle, write_cycle
 from theralake.dosimetry.cycle_vois import Registrar
@@ -44,8 +44,8 @@ def _ai_model(folder: str, sha256: str) -> AiRegistration:
 
 
 def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = None,
-              segmenter: Segmenter | None = None, registrar: Registrar | None = None
-              ) -> CycleResult:
+              segmenter: Segmenter | None = None, registrar: Registrar | None = None,
+              lesion_finder: LesionFinder | None = None) -> CycleResult:
     """Compute one patient-cycle and append its rows to the lake (idempotent).
 
     Raises:
@@ -53,6 +53,6 @@ def run_cycle(lake: Lake, patient_id: str, cycle: int, config: dict | None = Non
     """
     config = resolve_config(lake, config or load_config())
     result = compute_cycle(read_cycle(lake, patient_id, cycle), config, segmenter,
-                           registrar or ai_registrar(config))
+                           registrar or ai_registrar(config), lesion_finder=lesion_finder)
     write_cycle(lake, result)
     return result

@@ -213,6 +213,15 @@ def resample_activity(activity: Volume, transform: sitk.Transform, grid: Volume,
     return grid.like(arr.astype(np.float32)), error
 
 
+def resample_map(vol: Volume, transform: sitk.Transform, grid: Volume, default: float = 0.0
+                 ) -> Volume:
+    """Any map (CT numbers, a probability) on ``grid`` through ``transform``: linear, no
+    Jacobian (use :func:`resample_activity` for activity), float32."""
+    out = sitk.Resample(sitk.Cast(vol.to_sitk(), sitk.sitkFloat32), grid.to_sitk(), transform,
+                        sitk.sitkLinear, default, sitk.sitkFloat32)
+    return grid.like(sitk.GetArrayFromImage(out))
+
+
 def resample_labels(labels: Volume, transform: sitk.Transform, grid: Volume) -> np.ndarray:
     """A label map (uint8) carried onto ``grid`` through ``transform`` (nearest neighbour)."""
     src = sitk.Cast(labels.to_sitk(), sitk.sitkUInt8)

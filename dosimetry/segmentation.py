@@ -43,7 +43,9 @@ class SegmenterConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _resample(vol: Volume, spacing: float, nearest: bool = False) -> Volume:
+def resample_to(vol: Volume, spacing: float, nearest: bool = False) -> Volume:
+    """A volume on an isotropic grid of ``spacing`` mm over the same extent (linear, or
+    nearest neighbour for labels; air outside)."""
     img = vol.to_sitk()
     size = [max(1, int(round(n * s / spacing))) for n, s in zip(img.GetSize(), img.GetSpacing(),
                                                                    strict=True)]
@@ -84,7 +86,7 @@ class OrganSegmenter:
                          for lo, hi in self._windows()])
 
     def _prepare(self, ct: Volume) -> tuple[Volume, np.ndarray]:
-        res = _resample(ct.like(ct.array.astype(np.float32)), self.config.spacing_mm)
+        res = resample_to(ct.like(ct.array.astype(np.float32)), self.config.spacing_mm)
         return res, self._normalise(res.array)
 
     # -- training -------------------------------------------------------------------------
@@ -102,7 +104,8 @@ class OrganSegmenter:
             if not ct.same_grid(lab):
                 raise ValueError("a label map is not on its CT's grid")
             res, x = self._prepare(ct)
-            y = _resample(lab.like(lab.array.astype(np.uint8)), c.spacing_mm, nearest=True).array
+            y = resample_to(lab.like(lab.array.astype(np.uint8)), c.spacing_mm,
+                            nearest=True).array
             y = pad_to(y, c.patch_voxels, 0)
             x = np.stack([pad_to(ch, c.patch_voxels, ch.min()) for ch in x])
             data.append((x, y, label_voxels(y, len(c.organs))))

@@ -28,6 +28,10 @@ class DosimetryError(ValueError):
     """A patient-cycle that cannot be computed; the message says why."""
 
 
+#: ``lesions.method``: thresholds on the reference SPECT, or the PET-to-SPECT lesion network
+LESION_METHODS = ("adaptive", "percent_max", "network")
+
+
 def load_config(path: str | Path | None = None, **overrides: object) -> dict:
     """The packaged default configuration, updated by a user YAML file and overrides."""
     try:
@@ -51,9 +55,17 @@ def _check(config: dict) -> None:
     if backend not in SEGMENTATION_BACKENDS:
         raise DosimetryError(f"unknown segmentation backend {backend!r}; one of "
                              f"{', '.join(SEGMENTATION_BACKENDS)}")
+    lesion_method = config["lesions"]["method"]
+    if lesion_method not in LESION_METHODS:
+        raise DosimetryError(f"unknown lesions method {lesion_method!r}; one of "
+                             f"{', '.join(LESION_METHODS)}")
     pv = config.get("partial_volume") or {}
     if pv.get("method", "none") not in ("none", "gtm"):
         raise DosimetryError(f"unknown partial_volume method {pv['method']!r}; none or gtm")
+    if config.get("recovery_coefficients") and pv.get("method", "none") == "gtm":
+        raise DosimetryError("recovery_coefficients and partial_volume gtm both correct the "
+                             "lesions' partial volume (twice): set partial_volume method none "
+                             "to use the recovery coefficients, or recovery_coefficients null")
     if pv.get("fwhm_mm") is not None and not float(pv["fwhm_mm"]) > 0:
         raise DosimetryError("partial_volume fwhm_mm must be > 0 (or null: the camera's, from "
                              "the calibration table)")

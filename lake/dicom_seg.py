@@ -36,6 +36,8 @@ ALGORITHMS: dict[str, tuple[str, tuple[str, Code] | None]] = {
                                        codes.cid7162.ArtificialIntelligence)),
     "threshold": ("AUTOMATIC", ("theralake adaptive SPECT threshold",
                                 codes.cid7162.HistogramAnalysis)),
+    "lesion_network": ("AUTOMATIC", ("theralake PET-to-SPECT lesion network",
+                                     codes.cid7162.ArtificialIntelligence)),
     "transferred": ("AUTOMATIC", ("theralake contour carried by registration",
                                   codes.cid7162.DeformableModels)),
 }

@@ -20,25 +20,32 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from theralake.lake.store import Lake, stable_hash
 
 __all__ = [
-    "IMPORTED_VOI_SOURCES", "SOURCE_RANK", "CycleRows", "current", "current_run",
+    "IMPORTED_VOI_SOURCES", "SEGMENTED_LESION_SOURCES", "SOURCE_RANK", "CycleRows", "current",
+    "current_run",
     "cycle_rows", "cycle_input_ids", "dose_map", "dosimetry", "dosimetry_vois", "bed_sums",
     "frame_ct", "newest_first", "pre_therapy_pet",
-    "pair_time_points", "preferred_dosimetry", "quality", "reference_ct", "reference_index",
+    "one_per_acquisition", "pair_time_points", "preferred_dosimetry", "quality",
+    "reference_ct", "reference_index",
     "spect_cycles", "therapy_administration", "therapy_administrations", "vois_on_image",
 ]
 
 #: ``vois.source`` of the VOIs that come from the user's data (not computed by theralake)
 IMPORTED_VOI_SOURCES = ("rtstruct", "seg", "nifti")
+#: ``vois.source`` of the lesions the dosimetry segments on the reference SPECT
+SEGMENTED_LESION_SOURCES = ("threshold", "lesion_network")
 #: precedence of VOI sources on one image (lower wins)
 SOURCE_RANK = {"rtstruct": 0, "seg": 0, "nifti": 0, "transferred": 1, "ai": 2,
-               "totalsegmentator": 2, "threshold": 3}
+               "totalsegmentator": 2, "threshold": 3, "lesion_network": 3}
 #: a SPECT without a CT of its frame of reference takes the closest CT within this time
 MAX_CT_GAP_H = 2.0
+#: SPECTs of one cycle closer in time than this are one acquisition (reconstructed twice)
+SAME_ACQUISITION_H = 0.1
 
 
 # ----------------------------------------------------------------------------- current rows
@@ -139,11 +146,37 @@ def spect_cycles(lake: Lake, patient_id: str | None = None, cycle: int | None = 
                     "ORDER BY patient_id, cycle", params)
 
 
-def pair_time_points(images: pd.DataFrame) -> list[tuple[dict, dict | None]]:
-    """(SPECT row, CT row or None) per quantitative SPECT of ``images`` (one cycle), in time
-    order: the CT of the SPECT's frame of reference, else the closest CT within 2 h."""
-    spects = images[(images.kind == "spect") & (images.units == "BQML")]
+def one_per_acquisition(spects: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[dict, dict]]]:
+    """The quantitative SPECTs of one cycle, one per acquisition, in time order; and the
+    (kept, left out) rows where one acquisition has several reconstructions.
+
+    SPECTs less than :data:`SAME_ACQUISITION_H` apart are one acquisition reconstructed twice
+    (a vendor's reconstruction and theralake's from its projections, or two exports). The one
+    theralake reconstructed is kept (its calibration and resolution are in the lake), else the
+    newest.
+    """
+    spects = spects[(spects.kind == "spect") & (spects.units == "BQML")]
     spects = current(spects, ["series_key", "time_h"]).sort_values(["time_h", "id"])
+    if spects.empty:
+        return spects, []
+    times = spects.time_h.to_numpy(float)
+    group = np.concatenate([[0], np.cumsum(~(np.diff(times) < SAME_ACQUISITION_H))])  # NaN: apart
+    ours = spects["params_hash"].notna() if "params_hash" in spects else False
+    ranked = spects.assign(_group=group, _ours=ours)
+    ranked = ranked.sort_values([c for c in ("_group", "_ours", "created_utc", "id")
+                                 if c in ranked])
+    kept = ranked.groupby("_group").tail(1)
+    left = [(kept[kept._group == r["_group"]].iloc[0].drop(["_group", "_ours"]).to_dict(),
+             {k: v for k, v in r.items() if k not in ("_group", "_ours")})
+            for r in ranked[~ranked.index.isin(kept.index)].to_dict("records")]
+    return kept.drop(columns=["_group", "_ours"]).sort_values(["time_h", "id"]), left
+
+
+def pair_time_points(images: pd.DataFrame) -> list[tuple[dict, dict | None]]:
+    """(SPECT row, CT row or None) per quantitative SPECT acquisition of ``images`` (one cycle,
+    see :func:`one_per_acquisition`), in time order: the CT of the SPECT's frame of
+    reference, else the closest CT within 2 h."""
+    spects, _ = one_per_acquisition(images)
     cts = images[images.kind == "ct"]
     out = []
     for s in spects.to_dict("records"):
@@ -261,6 +294,7 @@ class CycleRows:
     administration: dict | None
     earlier: pd.DataFrame  # organ_dosimetry of the earlier cycles (every method, current)
     pet_ct_ids: list[str] = field(default_factory=list)
+    pet_id: str | None = None  # the pre-therapy PET (the latest), its CT among ``images``
     input_image_ids: list[str] = field(default_factory=list)  # images read for themselves
 
     @property
@@ -288,11 +322,13 @@ def _select_cycle(patient_id: str, cycle: int, images: pd.DataFrame, vois: pd.Da
     earlier = dosim[(dosim.patient_id == patient_id) & (dosim.cycle < cycle)]
     earlier = current_run(earlier) if not earlier.empty else earlier
     used = set(earlier.get("voi_id", pd.Series(dtype=str)).dropna())
-    thresholds = vois[(vois.source == "threshold") & vois.id.isin(used)]
+    thresholds = vois[vois.source.isin(SEGMENTED_LESION_SOURCES) & vois.id.isin(used)]
     sources = cts[cts.id.isin(imported.image_id) & ~cts.id.isin(mine.id)]
     extra = pet_cts[~pet_cts.id.isin(sources.id)] if cycle == 1 else pet_cts.iloc[:0]
     inputs = pd.concat([mine, sources, extra]).drop_duplicates("id")
     lesion_cts = cts[cts.id.isin(thresholds.image_id) & ~cts.id.isin(inputs.id)]
+    pet = _latest_pet(images, pet_cts)
+    inputs = pd.concat([inputs, pet]).drop_duplicates("id")
     chosen = pd.concat([inputs, lesion_cts])
     therapy = admins[(admins.patient_id == patient_id) & (admins.cycle == cycle)
                      & (admins.purpose == "therapy")]
@@ -302,7 +338,21 @@ def _select_cycle(patient_id: str, cycle: int, images: pd.DataFrame, vois: pd.Da
                      pd.concat([imported[imported.image_id.isin(chosen.id)], thresholds])
                      .reset_index(drop=True), cached.reset_index(drop=True),
                      admin.iloc[0].to_dict() if not admin.empty else None,
-                     earlier.reset_index(drop=True), sorted(pet_cts.id), sorted(inputs.id))
+                     earlier.reset_index(drop=True), sorted(pet_cts.id),
+                     str(pet.id.iloc[0]) if not pet.empty else None, sorted(inputs.id))
+
+
+def _latest_pet(images: pd.DataFrame, pet_cts: pd.DataFrame) -> pd.DataFrame:
+    """The latest pre-therapy PET with a CT of its frame of reference, and that CT (the
+    PET-to-SPECT lesion network's prior); empty without one."""
+    pets = images[(images.kind == "pet") & (images.cycle.isna() | (images.cycle <= 1))
+                  & images.frame_of_reference_key.isin(pet_cts.frame_of_reference_key)]
+    if pets.empty:
+        return pets
+    pets = pets.assign(_at=pets.acquisition_h.fillna(-float("inf")))
+    pet = pets.sort_values(["_at", "created_utc", "id"]).iloc[-1:].drop(columns="_at")
+    ct = pet_cts[pet_cts.frame_of_reference_key == pet.frame_of_reference_key.iloc[0]]
+    return pd.concat([pet, ct.sort_values(["created_utc", "id"]).iloc[-1:]])
 
 
 def cycle_rows(lake: Lake, patient_id: str, cycle: int) -> CycleRows:
@@ -317,7 +367,8 @@ def cycle_rows(lake: Lake, patient_id: str, cycle: int) -> CycleRows:
 
 
 _META = {
-    "images": "id, patient_id, cycle, kind, units, time_h, frame_of_reference_key",
+    "images": "id, patient_id, cycle, kind, units, time_h, frame_of_reference_key, "
+              "acquisition_h, created_utc",
     "vois": "id, patient_id, voi, image_id, source",
     "administrations": "id, patient_id, cycle, purpose, administration_h, created_utc",
     "organ_dosimetry": "id, patient_id, cycle, method, voi, voi_id, params_hash, created_utc",

@@ -44,7 +44,7 @@ import SimpleITK as sitk
 import torch
 
 from theralake import __version__
-from theralake.dosimetry.registration import RegistrationResult, register_ct
+from theralake.dosimetry.registration import RegistrationResult, register_ct, resample_map
 from theralake.dosimetry.segmentation import pad_to, random_patch
 from theralake.dosimetry.voi_activity import mask_on, occupancy_on, to_grid
 from theralake.lake import Lake, Volume, views
@@ -171,11 +171,11 @@ def _sample(lake: Lake, pid: str, method: str) -> VoxelSample:
     suv = pet.like(pet.array.astype(np.float32) * float(pet_row.suvbw_per_bqml))
     lesions = pet.like(pet_lesions(lake, pet_ct_row.id, pet, label))
     return VoxelSample(
-        pid, grid.like(np.clip(_resampled(suv, grid, transform, 0.0), 0, None)),
-        grid.like(_resampled(pet_ct, grid, transform, AIR_HU)),
+        pid, grid.like(np.clip(resample_map(suv, transform, grid, 0.0).array, 0, None)),
+        grid.like(resample_map(pet_ct, transform, grid, AIR_HU).array),
         grid.like((dose.array[crop] / activity_gbq).astype(np.float32)),
         {name: m[crop] for name, m in full.items()},
-        grid.like(np.clip(_resampled(lesions, grid, transform, 0.0), 0, 1)), method,
+        grid.like(np.clip(resample_map(lesions, transform, grid, 0.0).array, 0, 1)), method,
         activity_gbq, str(pet_row.id), str(dose_row.id), reg)
 
 
@@ -208,14 +208,6 @@ def _cropped(vol: Volume, box: tuple[slice, ...]) -> Volume:
     start_xyz = np.array([s.start or 0 for s in box][::-1], dtype=float)
     return Volume(vol.array[box].copy(), vol.spacing_mm, tuple(vol.index_to_world(start_xyz)),
                   vol.direction.copy())
-
-
-def _resampled(vol: Volume, grid: Volume, transform: sitk.Transform, default: float
-               ) -> np.ndarray:
-    """``vol`` on ``grid`` through a fixed-to-moving transform (linear), float32."""
-    out = sitk.Resample(sitk.Cast(vol.to_sitk(), sitk.sitkFloat32), grid.to_sitk(), transform,
-                        sitk.sitkLinear, default, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
 
 
 # -- the network -----------------------------------------------------------------------------

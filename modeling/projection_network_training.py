@@ -11,7 +11,6 @@ acquisition's views scaled to the same counts, against the thinned views' own.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
@@ -118,15 +117,11 @@ def train_projection_network(lake: Lake, config: ProjectionNetworkConfig,
                             "epochs": network.epochs_, "final_loss": network.history_[-1],
                             **({"val_nrmse": val[0], "val_nrmse_baseline": val[1]}
                                if len(scores) else {})})
-        with tempfile.TemporaryDirectory(prefix="theralake-net-") as tmp:
-            folder = network.save(Path(tmp) / projection_network_model.ARTIFACT)
-            info = segmenter_model.log_weights(
-                projection_network_model.ProjectionNetworkModel(), folder,
-                projection_network_model.signature(), projection_network_model.input_example(),
-                register_as)
-        version = str(info.registered_model_version)
+        version = segmenter_model.register_weights(
+            lake, network.save, projection_network_model.ProjectionNetworkModel(),
+            projection_network_model.ARTIFACT, projection_network_model.signature(),
+            projection_network_model.input_example(), register_as, alias)
         client = tracking.client(lake)
-        client.set_registered_model_alias(register_as, alias, version)
         client.set_model_version_tag(register_as, version, "task", config.task)
     return NetworkTraining(network, register_as, version, alias, run.info.run_id, train_p,
                            val_p, float(val[0]), float(val[1]))
@@ -140,22 +135,9 @@ def load_projection_network(lake: Lake, spec: str) -> tuple[ProjectionNetwork, s
         theralake.registry.tracking.ModelNotFoundError: no such model or alias.
         FileNotFoundError: a folder that is not a saved network.
     """
-    if Path(spec).is_dir():
-        return load_network(Path(spec)), f"weights {Path(spec).name}"
-    name, _, alias = spec.partition("@")
-    with tempfile.TemporaryDirectory(prefix="theralake-net-") as tmp:
-        try:
-            folder, version = tracking.download_model(lake, name, alias or "champion", tmp)
-        except tracking.ModelNotFoundError as exc:
-            raise tracking.ModelNotFoundError(
-                f"{exc}; train one with `theralake train-views` or `theralake "
-                "train-denoiser`, or give a weights folder") from None
-        found = [p.parent for p in Path(folder).rglob("config.json")
-                 if (p.parent / "weights.pt").exists()]
-        if not found:
-            raise FileNotFoundError(f"model {name} version {version.version} holds no "
-                                    "projection network weights")
-        return load_network(found[0]), f"{name} v{version.version}"
+    return tracking.load_by_spec(lake, spec, load_network, "weights.pt",
+                                 "train one with `theralake train-views` or `theralake "
+                                 "train-denoiser`")
 
 
 def _train_command(config: ProjectionNetworkConfig, lake: Path | None, val_fraction: float,

@@ -27,6 +27,7 @@ from theralake.ingest.errors import printable
 from theralake.lake import SCHEMAS, Lake, LakeError
 from theralake.lake.migrate import migrate
 from theralake.modeling.cli import register as register_modeling
+from theralake.modeling.lesion_segmentation_training import register as register_lesion_training
 from theralake.modeling.projection_network_training import register as register_view_training
 from theralake.modeling.registration_training import register as register_registration_training
 from theralake.modeling.segmentation_training import register as register_segmentation_training
@@ -47,6 +48,7 @@ register_synth(app)
 register_segmentation_training(app)
 register_registration_training(app)
 register_view_training(app)
+register_lesion_training(app)
 register_features(app)
 register_modeling(app)
 register_report(app)

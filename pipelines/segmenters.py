@@ -1,5 +1,6 @@
 """The organ segmenter a dosimetry run asks for (``segmentation`` in its settings), loaded
-from where it lives: a weights folder, the lake's MLflow registry, or TotalSegmentator."""
+from where it lives: a weights folder, the lake's MLflow registry, or TotalSegmentator; and the
+lesion network (``lesions.method: network``, ``lesions.model``)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import numpy as np
 
 from theralake.dosimetry.auto_vois import (
     BACKENDS,
+    LesionFinder,
     SegmentationUnavailable,
     Segmenter,
     totalsegmentator_available,
     totalsegmentator_segmenter,
 )
 from theralake.lake import Lake, Volume
+from theralake.modeling.lesion_segmentation_training import load_lesion_segmenter
 from theralake.modeling.segmentation_training import DEFAULT_NAME, load_segmenter
 from theralake.registry.tracking import ModelNotFoundError
 
-__all__ = ["load_segmenter_backend"]
+__all__ = ["load_lesion_finder", "load_segmenter_backend"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -65,3 +68,31 @@ def load_segmenter_backend(lake: Lake, settings: dict) -> Segmenter | None:
     if backend == "totalsegmentator" or totalsegmentator_available():
         return totalsegmentator_segmenter(settings["organs"])
     return None
+
+
+@functools.lru_cache(maxsize=4)
+def _lesion_finder(lake_path: str, model: str | None) -> LesionFinder:
+    seg, name = load_lesion_segmenter(Lake(lake_path, create=False), model)
+
+    def pet_probability(pet_ct: Volume, pet: Volume) -> Volume:
+        return seg.probability(pet_ct, pet, network="pet")
+
+    def find(ct: Volume, spect: Volume, prior: Volume | None) -> list:
+        return seg.segment(ct, spect, prior)
+
+    return LesionFinder(name, pet_probability, find)
+
+
+def load_lesion_finder(lake: Lake, settings: dict) -> LesionFinder | None:
+    """The lesion network of the settings (``lesions.method: network``), else None.
+
+    Raises:
+        SegmentationUnavailable: no such model in the registry or folder.
+    """
+    opts = settings["lesions"]
+    if opts["method"] != "network":
+        return None
+    try:
+        return _lesion_finder(str(Path(lake.path).resolve()), opts.get("model"))
+    except (ModelNotFoundError, FileNotFoundError) as exc:
+        raise SegmentationUnavailable(str(exc)) from exc

@@ -16,6 +16,8 @@ theralake itself loads the artifact folder directly with :meth:`OrganSegmenter.l
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -23,6 +25,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow.pyfunc  # noqa: E402
 import numpy as np  # noqa: E402
+
+from theralake.registry import tracking  # noqa: E402
 
 ARTIFACT = "segmenter"
 IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
@@ -111,3 +115,16 @@ def log_weights(python_model: mlflow.pyfunc.PythonModel, folder: Path, signature
         name="model", python_model=python_model, artifacts={folder.name: str(folder)},
         signature=signature, input_example=input_example, pip_requirements=pip_requirements(),
         registered_model_name=registered_model_name)
+
+
+def register_weights(lake: object, save: Callable[[Path], Path], python_model: object,
+                     artifact: str, signature: object, input_example: object, name: str,
+                     alias: str) -> str:
+    """Save a model's weights (``save(folder)``) as the artifact ``artifact`` of a pyfunc model
+    in the active run, register it as ``name`` and point ``alias`` at it; returns the version."""
+    with tempfile.TemporaryDirectory(prefix="theralake-model-") as tmp:
+        folder = save(Path(tmp) / artifact)
+        info = log_weights(python_model, folder, signature, input_example, name)
+    version = str(info.registered_model_version)
+    tracking.client(lake).set_registered_model_alias(name, alias, version)
+    return version

@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its INFO lines break progress bars
@@ -36,6 +38,8 @@ from mlflow.entities import Run  # noqa: E402
 from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+T = TypeVar("T")
 
 __all__ = ["ModelNotFoundError", "artifact_root", "client", "download_model", "experiment_id",
            "lake_store_uri", "mlflow_dir", "model_version", "registry_uri",
@@ -277,3 +281,29 @@ def download_model(lake: object, name: str, alias: str, dst: str | Path
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}/{version.version}", dst_path=str(dst))
     return Path(path), version
+
+
+def load_by_spec(lake: object, spec: str, load: Callable[[Path], T], weights: str,
+                 train_hint: str) -> tuple[T, str]:
+    """The model ``spec`` names, loaded by ``load(folder)``, with the name it is recorded
+    under: a folder of weights (``weights {folder name}``), or ``name[@alias]`` in the lake's
+    registry (alias champion by default; ``{name} v{version}``). ``weights`` is a file the
+    model's folder holds (it finds the folder among the downloaded artifacts).
+
+    Raises:
+        ModelNotFoundError: no such model or alias (the message adds ``train_hint``).
+        FileNotFoundError: the registered model holds no such weights.
+    """
+    if Path(spec).is_dir():
+        return load(Path(spec)), f"weights {Path(spec).name}"
+    name, _, alias = spec.partition("@")
+    with tempfile.TemporaryDirectory(prefix="theralake-model-") as tmp:
+        try:
+            folder, version = download_model(lake, name, alias or "champion", tmp)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"{exc}; {train_hint}, or give a weights folder") from None
+        found = sorted(p.parent for p in Path(folder).rglob(weights))
+        if not found:
+            raise FileNotFoundError(f"model {name} version {version.version} holds no "
+                                    f"{weights}")
+        return load(found[0]), f"{name} v{version.version}"

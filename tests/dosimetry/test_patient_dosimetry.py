@@ -199,6 +199,12 @@ def test_bad_settings_are_refused_before_any_work():
         load_config(tac_vois="mine")
     with pytest.raises(DosimetryError, match="registration"):
         load_config(registration="elastix")
+    with pytest.raises(DosimetryError, match="unknown lesions method"):
+        load_config(lesions={"method": "absolute"})  # needs a threshold the settings lack
+    # a lesion corrected by the recovery curve and by the GTM would be corrected twice
+    with pytest.raises(DosimetryError, match="twice"):
+        load_config(recovery_coefficients="rc.csv")
+    assert load_config(recovery_coefficients="rc.csv", partial_volume={"method": "none"})
 
 
 def test_export_dose_and_vois_reopen_in_dicom_tools(cohort, result, tmp_path):

@@ -4,6 +4,8 @@ truth (organ TIA and dose within the dosimetry README's 10 %, one time point wit
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +16,7 @@ from theralake.dosimetry.patient import load_config, run_cycle
 from theralake.dosimetry.registration import RegistrationResult, no_registration
 from theralake.ingest.pseudonym import Pseudonymizer
 from theralake.ingest.runner import IngestOptions, ingest
-from theralake.lake import Lake
+from theralake.lake import Lake, Volume
 from theralake.lake.views import quality, vois_on_image
 from theralake.synth.cohort import generate_cohort
 from theralake.synth.config import SynthConfig
@@ -286,3 +288,29 @@ def test_a_spect_paired_with_a_ct_by_time_is_flagged(case):
     found = [f for f in res.findings if f.check == "ct_paired_by_time"]
     assert len(found) == 1 and found[0].status == "warn"
     assert "paired with the CT" in found[0].message
+
+
+@pytest.mark.parametrize("case", ["dicom-1tp"], indirect=True)
+def test_an_acquisition_reconstructed_twice_is_used_once_and_said(case, tmp_path):
+    """A clinic exports the vendor's reconstruction and the projections of the same
+    acquisition: theralake's reconstruction is used, the other is named in a warning (the
+    old flow took both as two time points at one time)."""
+    _, lake, pid, result, _ = case
+    shutil.copytree(lake.path, tmp_path / "lake")
+    twice = Lake(tmp_path / "lake")
+    vendor = twice.read("images", "patient_id = ? AND kind = 'spect'", [pid]).iloc[0].to_dict()
+    spect = Volume.from_row(vendor)
+    ours = {**vendor, **spect.like(spect.array * np.float32(1.1)).geometry_columns(),
+            "series_key": "projections", "params_hash": "recon", "created_utc": None,
+            "time_h": vendor["time_h"] + 0.05, "description": "theralake OSEM 8i5s"}
+    ours["id"] = "theralake-recon"
+    twice.append("images", [ours])
+    inputs = read_cycle(twice, pid, 1)
+    assert [tp.spect_row["id"] for tp in inputs.time_points] == ["theralake-recon"]
+    res = compute_cycle(inputs, _settings())
+    found = [f for f in res.findings if f.check == "spect_duplicate"]
+    assert len(found) == 1 and found[0].status == "warn" and found[0].image_id == vendor["id"]
+    assert "theralake's reconstruction theralake OSEM 8i5s" in found[0].message
+    before = {r["voi"]: r["tia_mbq_h"] for r in result.organ_rows}
+    after = {r["voi"]: r["tia_mbq_h"] for r in res.organ_rows}
+    assert after["liver"] / before["liver"] == pytest.approx(1.1, rel=0.01)

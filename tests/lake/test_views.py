@@ -97,3 +97,20 @@ def test_the_planner_hashes_what_a_cycle_reads(lake):
     rows = views.cycle_rows(lake, "P", 1)
     assert other["id"] in set(rows.images.id) and "a1" in rows.ids
     assert views.cycle_input_ids(lake)[("P", 1)] == stable_hash(rows.ids)
+
+
+def test_one_spect_per_acquisition_theralakes_then_the_newest():
+    def spect(i: str, time_h: float, params: str | None, created: str) -> dict:
+        return {"id": i, "kind": "spect", "units": "BQML", "series_key": i, "time_h": time_h,
+                "params_hash": params, "created_utc": pd.Timestamp(created)}
+
+    images = pd.DataFrame([
+        spect("vendor", 24.0, None, "2026-01-02"), spect("ours", 24.05, "h", "2026-01-01"),
+        spect("export1", 96.0, None, "2026-01-01"), spect("export2", 96.0, None, "2026-01-03"),
+        spect("undated1", float("nan"), None, "2026-01-01"),
+        spect("undated2", float("nan"), None, "2026-01-01"),
+        spect("late", 168.0, None, "2026-01-01")])
+    kept, left = views.one_per_acquisition(images)
+    assert sorted(kept.id) == ["export2", "late", "ours", "undated1", "undated2"]
+    assert sorted((k["id"], d["id"]) for k, d in left) == [("export2", "export1"),
+                                                            ("ours", "vendor")]
