@@ -44,7 +44,7 @@ from theralake.dosimetry.dose import hu_to_density, local_deposition_dose, vsv_d
 from theralake.dosimetry.kernels import voxel_s_kernel
 from theralake.dosimetry.nuclides import get_nuclide
 from theralake.dosimetry.quality import Finding, sphere_recovery, worst
-from theralake.dosimetry.settings import DosimetryError, config_hash
+from theralake.dosimetry.settings import MEASURED_RECOVERY, DosimetryError, config_hash
 from theralake.dosimetry.time_integration import LN2, Integration, integrate
 from theralake.dosimetry.tumour_total import TUMOUR_TOTAL, tumour_total
 from theralake.dosimetry.voi_activity import mask_on, to_grid
@@ -383,8 +383,10 @@ def _voi_rows(inputs: CycleInputs, name: str, voi: Voi, times: np.ndarray, maps:
     tac = measured.activity_mbq[name].copy()
     correction = measured.partial_volume
     if name.startswith("lesion_") and settings["recovery_coefficients"]:
-        tac = tac / recovery(settings["recovery_coefficients"], volume_ml)
-        correction = "recovery"
+        rc = _lesion_recovery(name, volume_ml, inputs, settings, result)
+        if rc is not None:
+            tac = tac / rc
+            correction = "recovery"
     _recovery_finding(name, volume_ml, correction, inputs, settings, result)
     usable = measured.coverage[name] >= q["min_fov_coverage"]
     for i in np.flatnonzero(~usable):
@@ -486,6 +488,35 @@ def _tumour_total_row(inputs: CycleInputs, vois: dict[str, Voi], settings: dict,
                                                    if missing else "")
         + (f"; as doubtful as its lesions ({', '.join(why)})" if why else ""), TUMOUR_TOTAL,
         values["mass_g"]))
+
+
+def _lesion_recovery(name: str, volume_ml: float, inputs: CycleInputs, settings: dict,
+                     result: CycleResult) -> np.ndarray | None:
+    """Each time point's recovery coefficient of a lesion's volume: from the settings' CSV, or
+    (``measured``) from each SPECT's camera calibration (``theralake calibrate``). None, with
+    a warning, when a time point's SPECT has no measured curve; a volume outside the curve's
+    spheres takes the nearest sphere's coefficient, with a warning."""
+    source = settings["recovery_coefficients"]
+    points = inputs.time_points
+    if source != MEASURED_RECOVERY:
+        return np.full(len(points), recovery(source, volume_ml))
+    lacking = [f"{p.time_h:g} h" for p in points if p.recovery is None]
+    if lacking:
+        result.findings.append(Finding(
+            "recovery_curve_missing", "warn", "recovery_coefficients measured, but the SPECT "
+            f"at {', '.join(lacking)} has no sphere recovery curve (not reconstructed by "
+            "theralake with a calibrated camera): the lesion is not corrected", name))
+        return None
+    outside = [p for p in points if not p.recovery.volume_ml.min() <= volume_ml
+               <= p.recovery.volume_ml.max()]
+    if outside:
+        curve = outside[0].recovery.volume_ml
+        result.findings.append(Finding(
+            "recovery_extrapolated", "warn", f"{volume_ml:.2f} mL lies outside the measured "
+            f"spheres ({curve.min():.2f}-{curve.max():.1f} mL): the nearest sphere's recovery "
+            "is used", name, volume_ml))
+    return np.array([np.interp(volume_ml, p.recovery.volume_ml, p.recovery.recovery)
+                     for p in points])
 
 
 def _recovery_finding(name: str, volume_ml: float, correction: str, inputs: CycleInputs,

@@ -16,6 +16,7 @@ from theralake.lake.views import (
     cycle_rows,
     one_per_acquisition,
     pair_time_points,
+    spect_recovery_curves,
 )
 
 __all__ = ["Contour", "CtImage", "CycleInputs", "PetImage", "TimePoint", "read_cycle",
@@ -56,6 +57,7 @@ class TimePoint:
     spect_row: dict
     spect: Volume
     ct: CtImage | None
+    recovery: pd.DataFrame | None = None  # the camera's sphere recovery (volume_ml, recovery)
 
 
 @dataclass
@@ -114,9 +116,11 @@ def read_cycle(lake: Lake, patient_id: str, cycle: int) -> CycleInputs:
         return cts[row["id"]]
 
     mine = images[(images.cycle == cycle) & ~images.id.isin(rows.pet_ct_ids)]
+    pairs = pair_time_points(mine)
+    curves = spect_recovery_curves(lake, [s["id"] for s, _ in pairs])
     points = [TimePoint(float(s["time_h"]), _meta(s), Volume.from_row(s),
-                        ct(c) if c is not None else None)
-              for s, c in pair_time_points(mine)]
+                        ct(c) if c is not None else None, curves.get(s["id"]))
+              for s, c in pairs]
     used = {p.ct.id for p in points if p.ct is not None}
     others = [ct(r) for r in images[(images.kind == "ct") & ~images.id.isin(used)]
               .sort_values(["acquisition_h", "id"], na_position="first").to_dict("records")]

@@ -28,6 +28,8 @@ class DosimetryError(ValueError):
     """A patient-cycle that cannot be computed; the message says why."""
 
 
+#: ``recovery_coefficients``: the sphere recovery curve of each SPECT's camera calibration
+MEASURED_RECOVERY = "measured"
 #: ``lesions.method``: thresholds on the reference SPECT, or the PET-to-SPECT lesion network
 LESION_METHODS = ("adaptive", "percent_max", "network")
 
@@ -62,7 +64,11 @@ def _check(config: dict) -> None:
     pv = config.get("partial_volume") or {}
     if pv.get("method", "none") not in ("none", "gtm"):
         raise DosimetryError(f"unknown partial_volume method {pv['method']!r}; none or gtm")
-    if config.get("recovery_coefficients") and pv.get("method", "none") == "gtm":
+    rc = config.get("recovery_coefficients")
+    if rc and rc != MEASURED_RECOVERY and not Path(rc).is_file():
+        raise DosimetryError(f"recovery_coefficients {rc!r}: no such CSV (volume_ml, recovery), "
+                             f"or {MEASURED_RECOVERY!r} for the cameras' calibrations")
+    if rc and pv.get("method", "none") == "gtm":
         raise DosimetryError("recovery_coefficients and partial_volume gtm both correct the "
                              "lesions' partial volume (twice): set partial_volume method none "
                              "to use the recovery coefficients, or recovery_coefficients null")

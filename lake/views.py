@@ -31,7 +31,7 @@ __all__ = [
     "cycle_rows", "cycle_input_ids", "dose_map", "dosimetry", "dosimetry_vois", "bed_sums",
     "frame_ct", "newest_first", "pre_therapy_pet",
     "one_per_acquisition", "pair_time_points", "preferred_dosimetry", "quality",
-    "reference_ct", "reference_index",
+    "reference_ct", "reference_index", "spect_recovery_curves",
     "spect_cycles", "therapy_administration", "therapy_administrations", "vois_on_image",
 ]
 
@@ -421,6 +421,18 @@ def camera_calibration(lake: Lake, camera_key: str | None, nuclide: str | None,
                    "AND abs(photopeak_kev - ?) < 1", [camera_key, nuclide, collimator,
                                                       photopeak_kev])
     return None if df.empty else newest_first(df).iloc[0].to_dict()
+
+
+def spect_recovery_curves(lake: Lake, image_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The sphere recovery curve (``volume_ml``, ``recovery``) of each SPECT theralake
+    reconstructed with a calibrated camera that has one, by image id."""
+    if not image_ids:
+        return {}
+    recons = lake.read("reconstructions", "list_contains(?, image_id) AND calibration_id IS "
+                       "NOT NULL", [list(image_ids)], columns=["image_id", "calibration_id"])
+    curves = {c: recovery_curve(lake, c) for c in set(recons.calibration_id)}
+    return {r.image_id: curves[r.calibration_id][["volume_ml", "recovery"]]
+            for r in recons.itertuples() if not curves[r.calibration_id].empty}
 
 
 def recovery_curve(lake: Lake, calibration_id: str) -> pd.DataFrame:

@@ -188,7 +188,7 @@ def test_too_few_time_points_and_unknown_method_are_refused(cohort):
         run_cycle(lake, pid, 7, load_config())
 
 
-def test_bad_settings_are_refused_before_any_work():
+def test_bad_settings_are_refused_before_any_work(tmp_path):
     with pytest.raises(DosimetryError, match="fwhm_mm"):
         load_config(partial_volume={"method": "gtm", "fwhm_mm": -3.0})
     with pytest.raises(DosimetryError, match="reference_time_point"):
@@ -201,10 +201,15 @@ def test_bad_settings_are_refused_before_any_work():
         load_config(registration="elastix")
     with pytest.raises(DosimetryError, match="unknown lesions method"):
         load_config(lesions={"method": "absolute"})  # needs a threshold the settings lack
+    csv = tmp_path / "rc.csv"
+    csv.write_text("volume_ml,recovery\n0.5,0.3\n26.5,0.8\n")
     # a lesion corrected by the recovery curve and by the GTM would be corrected twice
-    with pytest.raises(DosimetryError, match="twice"):
-        load_config(recovery_coefficients="rc.csv")
-    assert load_config(recovery_coefficients="rc.csv", partial_volume={"method": "none"})
+    for rc in (str(csv), "measured"):
+        with pytest.raises(DosimetryError, match="twice"):
+            load_config(recovery_coefficients=rc)
+        assert load_config(recovery_coefficients=rc, partial_volume={"method": "none"})
+    with pytest.raises(DosimetryError, match="no such CSV"):
+        load_config(recovery_coefficients="missing.csv", partial_volume={"method": "none"})
 
 
 def test_export_dose_and_vois_reopen_in_dicom_tools(cohort, result, tmp_path):
