@@ -22,10 +22,9 @@ found components touching no contoured lesion (false positives) and the Dice of 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +34,14 @@ import torch
 from scipy import ndimage
 
 from theralake.dosimetry.lesions import Lesion
-from theralake.dosimetry.segmentation import balanced_patch, label_voxels, pad_to, resample_to
+from theralake.dosimetry.segmentation import (
+    balanced_patch,
+    label_voxels,
+    pad_to,
+    read_config,
+    resample_to,
+    save_networks,
+)
 from theralake.lake import Volume
 
 __all__ = ["MAX_CONTRAST", "SIZE_BINS_ML", "LesionCase", "LesionScores", "LesionSegmenter",
@@ -262,23 +268,14 @@ class LesionSegmenter:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for which, net in self.networks_.items():
-            torch.save(net.state_dict(), folder / f"{which}.pt")
-        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        return folder
+        return save_networks(folder, self.config, self.networks_)
 
     @classmethod
     def load(cls, folder: str | Path) -> LesionSegmenter:
         """Networks saved by :meth:`save` (``pet.pt``, ``spect.pt``, ``config.json``)."""
         folder = Path(folder)
-        for name in ("config.json", "spect.pt"):
-            if not (folder / name).exists():
-                raise FileNotFoundError(f"{folder}: no {name} (not a saved lesion segmenter)")
-        raw = json.loads((folder / "config.json").read_text())
-        seg = cls(LesionSegmenterConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in raw.items()}))
+        seg = cls(LesionSegmenterConfig(**read_config(folder, ("spect.pt",),
+                                                      "lesion segmenter")))
         for which in NETWORKS:
             if (folder / f"{which}.pt").exists():
                 net = seg._build()

@@ -204,27 +204,41 @@ class OrganSegmenter:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.network_.state_dict(), folder / "weights.pt")
-        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        return folder
+        return save_networks(folder, self.config, {"weights": self.network_})
 
     @classmethod
     def load(cls, folder: str | Path) -> OrganSegmenter:
         """Load weights saved by :meth:`save` (or the user's own, with a config.json)."""
         folder = Path(folder)
-        for name in ("weights.pt", "config.json"):
-            if not (folder / name).exists():
-                raise FileNotFoundError(f"{folder}: no {name} (not a saved organ segmenter)")
-        raw = json.loads((folder / "config.json").read_text())
-        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        raw = read_config(folder, ("weights.pt",), "organ segmenter")
         raw.setdefault("soft_window", None)  # saved before the second channel existed
         seg = cls(SegmenterConfig(**raw))
         net = seg._build()
         net.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu"))
         seg.network_ = net.eval()
         return seg
+
+
+def save_networks(folder: str | Path, config: object, networks: dict[str, torch.nn.Module]
+                  ) -> Path:
+    """A saved model: each network's weights as ``<name>.pt`` and the config (a dataclass) as
+    ``config.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, net in networks.items():
+        torch.save(net.state_dict(), folder / f"{name}.pt")
+    (folder / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    return folder
+
+
+def read_config(folder: Path, required: tuple[str, ...], what: str) -> dict:
+    """The config a saved model's folder holds (lists as tuples), after checking it holds
+    ``required`` files too."""
+    for name in (*required, "config.json"):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"{folder}: no {name} (not a saved {what})")
+    raw = json.loads((folder / "config.json").read_text())
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
